@@ -1,0 +1,51 @@
+"""Shared fixtures: real workspaces (git repo, SQLite file) in tmp dirs; real child processes."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+
+@pytest.fixture
+def toy_ws(tmp_path):
+    """A fresh workspace on the seconds-long `toy` preset."""
+    from tools.init import init_workspace
+    return init_workspace(tmp_path / "lab", preset="toy", time_budget_s=20)
+
+
+@pytest.fixture
+def lab(toy_ws):
+    from tools.lab import Lab
+    lab = Lab.open(toy_ws)
+    yield lab
+    lab.close()
+
+
+def processes_with_marker(marker: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline", "environ"]):
+        try:
+            cmd = " ".join(p.info["cmdline"] or [])
+            if marker in cmd:
+                found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+def wait_until(pred, timeout=30.0, interval=0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return True
+        time.sleep(interval)
+    return pred()

@@ -1,0 +1,36 @@
+import subprocess
+
+from tools.workspace import BEST_REF, Workspace
+
+
+def _git(root, *args):
+    return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, check=True).stdout
+
+
+def test_snapshot_leaves_branch_and_index_alone(toy_ws):
+    ws = Workspace(toy_ws, ["train.py"])
+    head_before = ws.head()
+    (toy_ws / "train.py").write_text((toy_ws / "train.py").read_text() + "\n# change A\n")
+    (toy_ws / "notes.txt").write_text("untracked scratch")
+    commit = ws.snapshot(1, "experiment 1")
+    assert ws.head() == head_before  # the user's branch did not move
+    assert _git(toy_ws, "diff", "--cached", "--name-only") == ""  # nor their staging area
+    assert ws.ref("refs/autoresearch/exp/1") == commit
+    assert ws.read_snapshot_file(commit, "train.py").endswith(b"# change A\n")
+    assert ws.read_snapshot_file(commit, "notes.txt") is None  # only editable files are captured
+    assert "+# change A" in ws.diff(None, commit)
+
+
+def test_restore_makes_bytes_equal_and_touches_nothing_else(toy_ws):
+    ws = Workspace(toy_ws, ["train.py"])
+    original = (toy_ws / "train.py").read_bytes()
+    first = ws.snapshot(1, "one")
+    (toy_ws / "train.py").write_bytes(original + b"LR = 99\n")
+    (toy_ws / "other.txt").write_text("keep me")
+    ws.snapshot(2, "two")
+    assert ws.restore(first) == ["train.py"]
+    assert (toy_ws / "train.py").read_bytes() == original
+    assert (toy_ws / "other.txt").read_text() == "keep me"
+    assert ws.restore(first) == []  # idempotent
+    ws.advance_best(first)
+    assert ws.ref(BEST_REF) == first

@@ -1,0 +1,102 @@
+"""`autoresearch.toml`: what a workspace is, validated with pydantic.
+
+A bad file is refused with the field, the value and the fix; nothing runs on a half-read config.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from tools.errors import ToolError
+
+CONFIG_NAME = "autoresearch.toml"
+STATE_DIR = ".autoresearch"
+
+
+class SearchParam(BaseModel):
+    """One dimension of the `suggest` search space."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["float", "int", "categorical"]
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: list[float | int | str | bool] | None = None
+
+
+class WorkspaceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("eclip", max_length=100)
+    editable: list[str] = Field(default_factory=lambda: ["train.py"], min_length=1, max_length=50,
+                                description="files the agent may edit; snapshotted and reverted")
+    command: list[str] = Field(default_factory=lambda: ["python", "train.py"], min_length=1,
+                               description="argv of one experiment; 'python' means this installation's interpreter")
+    objective: str = Field("objective", description="key in metrics.json that is optimised")
+    direction: Literal["minimize", "maximize"] = "minimize"
+    time_budget_s: float = Field(120.0, gt=0, le=24 * 3600)
+    max_time_budget_s: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
+    timeout_grace_s: float = Field(60.0, ge=0, le=3600,
+                                   description="extra wall time after the budget for eval and writing metrics")
+    data: str | None = Field(None, description="dataset root (read-only inside runs)")
+    test_annotations: str | None = Field(None, description="held-out test annotations, never mounted into agent runs")
+    sandbox: Literal["auto", "strict", "landlock", "none"] = Field(
+        "auto", description="auto: best available; strict: refuse without bwrap; none: no isolation (not advised)")
+    network: bool = False
+    memory_limit_gb: float | None = Field(None, gt=0, le=4096)
+    max_processes: int = Field(512, ge=8, le=100_000)
+    concurrency: int = Field(1, ge=1, le=64)
+    noise_sigma: float = Field(2.0, ge=0, le=10, description="improved only if better by this many sigma")
+    keep_checkpoints: Literal["kept", "all", "none"] = "kept"
+    search_space: dict[str, SearchParam] = Field(default_factory=dict)
+
+    @field_validator("editable")
+    @classmethod
+    def _relative_paths(cls, paths: list[str]) -> list[str]:
+        for p in paths:
+            pp = Path(p)
+            if pp.is_absolute() or ".." in pp.parts or p.startswith(".git") or p.startswith(STATE_DIR):
+                raise ValueError(f"editable path {p!r} must be relative, inside the workspace, not in .git or {STATE_DIR}")
+        return paths
+
+
+def load_config(root: Path) -> WorkspaceConfig:
+    path = Path(root) / CONFIG_NAME
+    if not path.exists():
+        raise ToolError(f"{path} not found: this folder is not a workspace. Fix: run `autoresearch init {root}`.")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ToolError(f"{path} is not valid TOML ({exc}). Fix the file and retry.") from exc
+    try:
+        return WorkspaceConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ToolError(f"{path} is invalid: {problems}. Fix those fields and retry.") from exc
+
+
+def render_config(*, name: str, data: str, test_annotations: str | None, time_budget_s: float,
+                  search_space_toml: str = "") -> str:
+    """The autoresearch.toml that `init` writes (commented, for people)."""
+    test_line = f'test_annotations = "{test_annotations}"' if test_annotations else "# test_annotations = \"...\""
+    return f'''# eclip-autoresearch workspace. Humans edit this file; the agent may not (see .claude/settings.json).
+name = "{name}"
+editable = ["train.py"]            # the only files the agent edits; snapshotted per experiment
+command = ["python", "train.py"]   # 'python' = the interpreter autoresearch is installed in
+objective = "objective"            # key in metrics.json (train.py writes mean_rank there)
+direction = "minimize"
+time_budget_s = {time_budget_s:g}            # default training budget per experiment
+max_time_budget_s = 3600
+timeout_grace_s = 60               # extra wall time for eval; the run is killed after budget + grace
+data = "{data}"                    # read-only inside every run
+{test_line}   # never visible to agent runs
+sandbox = "auto"                   # auto | strict (refuse without bubblewrap) | landlock | none
+network = false
+concurrency = 1                    # runs at a time on this machine
+noise_sigma = 2.0                  # 'improved' must beat the best by this many sigma of the noise
+keep_checkpoints = "kept"
+{search_space_toml}'''

@@ -1,0 +1,208 @@
+"""The research tools as plain Python: run, read, show, revert. `server/` is a thin face over these."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime, timezone
+from typing import Callable
+
+from pydantic import TypeAdapter, ValidationError
+
+from tools import runs
+from tools.errors import ToolError
+from tools.lab import Lab
+from tools.schemas import (Description, ExperimentDetail, ExperimentId, Hypothesis, Limit, NoteOut, NotesPage,
+                           NoteText, Params, ResultRow, ResultsTable, RevertResult, RevertTarget, RunSummary,
+                           Status, Tags, TimeBudget)
+
+TERMINAL = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
+ProgressFn = Callable[[RunSummary], None]
+
+
+def validate(name: str, type_, value):
+    """Validate one argument; a refusal names the field, the problem and the fix."""
+    try:
+        return TypeAdapter(type_).validate_python(value)
+    except ValidationError as exc:
+        msgs = "; ".join(e["msg"] for e in exc.errors())
+        raise ToolError(f"invalid {name}={value!r}: {msgs}. Fix: pass a valid {name} (see the tool's schema).") from None
+
+
+# -- run -----------------------------------------------------------------------------------
+def submit_experiment(lab: Lab, description: str, hypothesis: str | None = None,
+                      time_budget_s: float | None = None, params: dict | None = None,
+                      seed: int | None = None) -> int:
+    description = validate("description", Description, description)
+    hypothesis = validate("hypothesis", Hypothesis, hypothesis)
+    time_budget_s = validate("time_budget_s", TimeBudget, time_budget_s)
+    params = validate("params", Params, params)
+    return runs.submit(lab, description=description.strip(), hypothesis=hypothesis, time_budget_s=time_budget_s,
+                       params=params, seed=seed)
+
+
+def run_experiment(lab: Lab, description: str, hypothesis: str | None = None, time_budget_s: float | None = None,
+                   params: dict | None = None, on_progress: ProgressFn | None = None,
+                   poll_s: float = 0.5) -> RunSummary:
+    """Submit and wait for the end, calling on_progress with the latest step/loss."""
+    exp_id = submit_experiment(lab, description, hypothesis, time_budget_s, params)
+    return wait_for(lab, exp_id, on_progress=on_progress, poll_s=poll_s)
+
+
+def wait_for(lab: Lab, exp_id: int, *, timeout_s: float | None = None, on_progress: ProgressFn | None = None,
+             poll_s: float = 0.5) -> RunSummary:
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        s = summary(lab, exp_id)
+        if s.status in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+            return s
+        if on_progress:
+            on_progress(s)
+        time.sleep(poll_s)
+
+
+def summary(lab: Lab, exp_id: int) -> RunSummary:
+    exp = _get(lab, exp_id)
+    out = RunSummary(id=exp["id"], status=exp["status"], verdict=exp["verdict"], objective=exp["objective"],
+                     objective_std=exp["objective_std"], delta_vs_best=exp["delta"],
+                     best_id=exp["best_id_at_verdict"], kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),
+                     peak_memory_gb=exp["peak_memory_gb"], sandbox=exp["sandbox_backend"],
+                     verdict_reason=exp["verdict_reason"])
+    if exp["status"] == "running" and exp["run_dir"]:
+        p = runs.latest_progress(lab.run_dir(exp_id))
+        out.step, out.loss = p.step, p.loss
+        out.duration_s = _round(p.elapsed if p.elapsed is not None else time.time() - (exp["started_at"] or time.time()))
+    if exp["status"] in ("failed", "timeout", "interrupted", "cancelled"):
+        out.error = exp["error"]
+    out.next = _next_hint(exp)
+    return out
+
+
+def _next_hint(exp: dict) -> str | None:
+    status, verdict = exp["status"], exp["verdict"]
+    if status in ("queued", "running"):
+        return f"poll experiment_status({exp['id']}) or cancel_experiment({exp['id']})"
+    if status != "succeeded":
+        return "read the error, fix train.py (or revert('best')), then run again"
+    return {
+        "baseline": "baseline recorded; write_note, then try one change at a time",
+        "improved": "kept as the new best; write_note with what changed and why it helped",
+        "not_improved": "revert('best') to undo the change, then write_note",
+        "inconclusive": "within the noise: rerun with other seeds before keeping, or revert('best')",
+    }.get(verdict or "")
+
+
+# -- read ----------------------------------------------------------------------------------
+def read_results(lab: Lab, limit: int = 20, status: str | None = None, order_by: str = "created",
+                 include_metrics: bool = False) -> ResultsTable:
+    limit = validate("limit", Limit, limit)
+    if status is not None:
+        status = validate("status", Status, status)
+    if order_by not in ("objective", "created"):
+        raise ToolError(f"invalid order_by={order_by!r}. Fix: use 'objective' or 'created'.")
+    cfg = lab.config
+    rows = lab.store.list_experiments(limit=limit, status=status, order_by=order_by, direction=cfg.direction)
+    out = []
+    for r in rows:
+        metrics = None
+        if include_metrics:
+            metrics = {m["name"]: m["value"] for m in lab.store.metrics(r["id"], aggregate_only=True)}
+            metrics = dict(list(metrics.items())[:30])
+        out.append(ResultRow(id=r["id"], status=r["status"], verdict=r["verdict"], objective=r["objective"],
+                             objective_std=r["objective_std"], delta=r["delta"], kept=bool(r["kept"]),
+                             duration_s=_round(r["duration_s"]), description=_clip(r["description"], 120),
+                             metrics=metrics))
+    best = lab.store.best_experiment(cfg.direction)
+    return ResultsTable(total=lab.store.count_experiments(status), best_id=best["id"] if best else None,
+                        objective=cfg.objective, direction=cfg.direction, rows=out)
+
+
+def show_experiment(lab: Lab, experiment_id: int) -> ExperimentDetail:
+    exp = _get(lab, validate("experiment_id", ExperimentId, experiment_id))
+    metrics, folds = {}, {}
+    for m in lab.store.metrics(exp["id"]):
+        if m["fold"] is None:
+            metrics[m["name"]] = m["value"]
+        else:
+            folds.setdefault(m["fold"], {})[m["name"]] = m["value"]
+    steps = lab.store.steps(exp["id"])
+    stride = max(1, len(steps) // 50)
+    curve = [[s["step"], s["loss"]] for s in steps[::stride] if s["loss"] is not None][:50]
+    diff = "(no snapshot)"
+    if exp["snapshot_commit"]:
+        parent = lab.store.get_experiment(exp["parent_id"]) if exp["parent_id"] else None
+        base = parent["snapshot_commit"] if parent else None
+        diff = lab.workspace.diff(base, exp["snapshot_commit"], max_chars=8000)
+    config = json.loads(exp["config_json"] or "{}")
+    config.pop("workspace", None)  # the toml is on disk; keep the answer small
+    return ExperimentDetail(
+        id=exp["id"], status=exp["status"], verdict=exp["verdict"], verdict_reason=exp["verdict_reason"],
+        description=exp["description"], hypothesis=exp["hypothesis"], snapshot_commit=exp["snapshot_commit"],
+        parent_id=exp["parent_id"], objective=exp["objective"], objective_std=exp["objective_std"],
+        delta=exp["delta"], kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),
+        peak_memory_gb=exp["peak_memory_gb"], sandbox=exp["sandbox_backend"], config=config, metrics=metrics,
+        fold_metrics=[folds[k] for k in sorted(folds)], loss_curve=curve, diff=diff,
+        log_tail=runs.log_tail(lab.run_dir(exp["id"])) if exp["run_dir"] else "", error=exp["error"])
+
+
+# -- revert --------------------------------------------------------------------------------
+def revert(lab: Lab, target: int | str) -> RevertResult:
+    target = validate("target", RevertTarget, target)
+    if target == "best":
+        exp = lab.store.best_experiment(lab.config.direction)
+        if exp is None:
+            raise ToolError("target='best' but no experiment has been kept yet. Fix: run a baseline first, "
+                            "or pass an experiment id.")
+    else:
+        exp = _get(lab, target)
+        if not exp["snapshot_commit"]:
+            raise ToolError(f"experiment {target} has no snapshot (status {exp['status']}). Fix: pick another id.")
+    changed = lab.workspace.restore(exp["snapshot_commit"])
+    lab.store.insert_revert(str(target), exp["id"], exp["snapshot_commit"], changed)
+    return RevertResult(experiment_id=exp["id"], snapshot_commit=exp["snapshot_commit"], restored=changed,
+                        unchanged=[p for p in lab.config.editable if p not in changed])
+
+
+# -- notes ---------------------------------------------------------------------------------
+def write_note(lab: Lab, text: str, experiment_id: int | None = None, tags: list[str] | None = None) -> NoteOut:
+    text = validate("text", NoteText, text)
+    tags = validate("tags", Tags, tags or [])
+    if experiment_id is not None:
+        _get(lab, validate("experiment_id", ExperimentId, experiment_id))
+    note_id = lab.store.insert_note(text, experiment_id, tags)
+    return _note_out(lab.store.get_note(note_id))
+
+
+def read_notes(lab: Lab, limit: int = 20, tag: str | None = None, query: str | None = None) -> NotesPage:
+    limit = validate("limit", Limit, limit)
+    if tag is not None:
+        tag = validate("tag", Tag, tag)
+    if query is not None and len(query) > 200:
+        raise ToolError("query is longer than 200 characters. Fix: search for a shorter phrase.")
+    rows, total = lab.store.notes(limit=limit, tag=tag, query=query or None)
+    return NotesPage(total=total, notes=[_note_out(r) for r in rows])
+
+
+def _note_out(r: dict) -> NoteOut:
+    return NoteOut(id=r["id"], created_at=_iso(r["created_at"]), experiment_id=r["experiment_id"], tags=r["tags"],
+                   text=r["text"])
+
+
+# -- helpers -------------------------------------------------------------------------------
+def _get(lab: Lab, exp_id: int) -> dict:
+    exp = lab.store.get_experiment(exp_id)
+    if exp is None:
+        raise ToolError(f"experiment_id={exp_id} does not exist. Fix: pick an id from read_results.")
+    return exp
+
+
+def _round(x: float | None, nd: int = 2) -> float | None:
+    return None if x is None else round(x, nd)
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,91 @@
+"""`autoresearch init`: make a workspace (git repo, config, editable train.py, data, client configs)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tools import clients
+from tools.config import CONFIG_NAME, STATE_DIR, render_config
+from tools.errors import ToolError
+from tools.program import default_program
+from tools.workspace import Workspace
+
+TEMPLATES = Path(__file__).parent / "templates"
+TOY = "toy"
+DATA_DIR = "data/synthetic-prints"
+
+
+def available_presets() -> list[str]:
+    try:
+        from model.presets import list_presets
+        return [*list_presets(), TOY]
+    except ImportError:
+        return [TOY]
+
+
+def render_train_py(preset: str) -> str:
+    if preset == TOY:
+        return (TEMPLATES / "toy_train.py").read_text()
+    try:
+        from model.presets import render_template
+    except ImportError as exc:
+        raise ToolError(f"preset {preset!r} needs the eCLIP harness (model.presets), which is not installed. "
+                        f"Fix: use --preset {TOY}, or reinstall the project.") from exc
+    try:
+        return render_template(preset)
+    except ValueError as exc:
+        raise ToolError(f"--preset {preset!r}: {exc}") from None
+
+
+def prepare_data(data_dir: Path, preset: str) -> None:
+    """Generate the synthetic prints and their tensor cache, in a child (torch stays out of here)."""
+    proc = subprocess.run([sys.executable, "-m", "model.prepare", "--data", str(data_dir), "--preset", preset],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ToolError(f"preparing the dataset in {data_dir} failed:\n{proc.stderr[-2000:]}")
+
+
+def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None, time_budget_s: float | None = None,
+                   client_names: list[str] | None = None, force: bool = False) -> Path:
+    root = Path(root).resolve()
+    if (root / CONFIG_NAME).exists() and not force:
+        raise ToolError(f"{root} is already a workspace ({CONFIG_NAME} exists). Fix: pick another folder or --force.")
+    presets = available_presets()
+    if preset not in presets:
+        raise ToolError(f"--preset {preset!r} is unknown. Fix: use one of {', '.join(presets)}.")
+    train_py = render_train_py(preset)
+    root.mkdir(parents=True, exist_ok=True)
+    Workspace.init_repo(root)
+
+    test_annotations = None
+    if preset != TOY:
+        if data is None:
+            data_path = root / DATA_DIR
+            prepare_data(data_path, preset)
+            data = DATA_DIR
+        else:
+            data_path = Path(data).expanduser().resolve()
+            if not data_path.is_dir():
+                raise ToolError(f"--data {data!r} is not a folder. Fix: point it at a dataset root (see README).")
+            data = str(data_path)
+        test = data_path / "heldout" / "test.jsonl"
+        if test.exists():
+            test_annotations = str(test.relative_to(root)) if test.is_relative_to(root) else str(test)
+    budget = time_budget_s or (10 if preset == TOY else 120 if preset in ("tiny", "replay") else 900)
+
+    (root / "train.py").write_text(train_py)
+    (root / CONFIG_NAME).write_text(render_config(name=root.name, data=data or "", test_annotations=test_annotations,
+                                                  time_budget_s=budget))
+    if not data:  # toy: no dataset
+        text = (root / CONFIG_NAME).read_text().replace('data = ""', '# data = "path/to/dataset"')
+        (root / CONFIG_NAME).write_text(text)
+    (root / "AGENTS.md").write_text(default_program())
+    (root / "CLAUDE.md").write_text("@AGENTS.md\n")
+    (root / ".gitignore").write_text(f"{STATE_DIR}/\ndata/\n__pycache__/\nrun/\n")
+    clients.write_client_configs(root, ["claude", *(client_names or [])], max_call_s=budget + 600)
+    ws = Workspace(root, ["train.py"])
+    if ws.head() is None:
+        ws.commit_all(f"autoresearch workspace ({preset} preset)")
+    return root

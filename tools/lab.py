@@ -1,0 +1,67 @@
+"""A Lab is one open workspace: its config, its store and its git repo, plus where things live."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools.config import CONFIG_NAME, STATE_DIR, WorkspaceConfig, load_config
+from tools.errors import ToolError
+from tools.store import Store
+from tools.workspace import Workspace
+
+
+@dataclass
+class Lab:
+    root: Path
+    config: WorkspaceConfig
+    store: Store
+    workspace: Workspace
+
+    @classmethod
+    def open(cls, root: Path | str) -> "Lab":
+        root = Path(root).resolve()
+        if not (root / CONFIG_NAME).exists():
+            raise ToolError(f"{root} is not a workspace (no {CONFIG_NAME}). Fix: `autoresearch init {root}`.")
+        config = load_config(root)
+        store = Store(root / STATE_DIR / "experiments.db")
+        return cls(root=root, config=config, store=store, workspace=Workspace(root, config.editable))
+
+    def close(self) -> None:
+        self.store.close()
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root / STATE_DIR
+
+    def run_dir(self, experiment_id: int) -> Path:
+        return self.state_dir / "runs" / str(experiment_id)
+
+    def data_dir(self) -> Path | None:
+        if not self.config.data:
+            return None
+        p = Path(self.config.data)
+        return p if p.is_absolute() else (self.root / p)
+
+    def test_annotations(self) -> Path | None:
+        if not self.config.test_annotations:
+            return None
+        p = Path(self.config.test_annotations)
+        return p if p.is_absolute() else (self.root / p)
+
+    def command_argv(self) -> list[str]:
+        """The experiment argv; 'python' is this installation's interpreter (it has torch)."""
+        argv = list(self.config.command)
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        return argv
+
+
+def harness_dir() -> Path | None:
+    """Where the frozen `model` harness lives, found without importing it (no torch here)."""
+    spec = importlib.util.find_spec("model")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0]).resolve()

@@ -1,0 +1,114 @@
+"""Bounded input types and compact result models shared by the MCP face and the CLI.
+
+The annotated aliases are the input schema of each tool: the server's signatures use them, so an
+agent sees the bounds, and `tools` re-validates with them, so the CLI gets the same refusals.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field
+
+ExperimentId = Annotated[int, Field(ge=1, le=10**9, description="an experiment id from read_results")]
+Description = Annotated[str, Field(min_length=3, max_length=2000,
+                                   description="what this run changes, one line (e.g. 'LR 3e-4 -> 1e-4')")]
+Hypothesis = Annotated[str | None, Field(None, max_length=4000, description="why it should help")]
+TimeBudget = Annotated[float | None, Field(None, ge=5, le=7 * 24 * 3600,
+                                           description="training seconds; default from autoresearch.toml")]
+ParamValue = float | int | str | bool
+Params = Annotated[dict[Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")], ParamValue] | None,
+                   Field(None, max_length=64,
+                         description="overrides of train.py's UPPERCASE constants, e.g. {'LR': 1e-4}")]
+Limit = Annotated[int, Field(20, ge=1, le=200, description="rows to return (at most 200)")]
+Status = Literal["queued", "running", "succeeded", "failed", "timeout", "cancelled", "interrupted"]
+NoteText = Annotated[str, Field(min_length=1, max_length=20_000)]
+Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,40}$")]
+Tags = Annotated[list[Tag] | None, Field(None, max_length=20, description="short labels, e.g. ['lr', 'idea']")]
+RevertTarget = Annotated[int | Literal["best"],
+                         Field(description="an experiment id, or 'best' for the best kept snapshot")]
+
+
+class RunSummary(BaseModel):
+    id: int
+    status: str
+    verdict: str | None = None
+    objective: float | None = None
+    objective_std: float | None = Field(None, description="spread across folds/seeds")
+    delta_vs_best: float | None = Field(None, description="objective minus the best's (negative = lower)")
+    best_id: int | None = Field(None, description="the best experiment this run was judged against")
+    kept: bool = False
+    duration_s: float | None = None
+    peak_memory_gb: float | None = None
+    sandbox: str | None = None
+    step: int | None = None
+    loss: float | None = None
+    verdict_reason: str | None = None
+    error: str | None = Field(None, description="why it failed, with the last 40 log lines")
+    next: str | None = Field(None, description="what to do next")
+
+
+class ResultRow(BaseModel):
+    id: int
+    status: str
+    verdict: str | None
+    objective: float | None
+    objective_std: float | None
+    delta: float | None
+    kept: bool
+    duration_s: float | None
+    description: str
+    metrics: dict[str, float] | None = None
+
+
+class ResultsTable(BaseModel):
+    total: int = Field(description="experiments matching the filter (the table shows at most `limit`)")
+    best_id: int | None
+    objective: str
+    direction: str
+    rows: list[ResultRow]
+
+
+class ExperimentDetail(BaseModel):
+    id: int
+    status: str
+    verdict: str | None
+    verdict_reason: str | None
+    description: str
+    hypothesis: str | None
+    snapshot_commit: str | None
+    parent_id: int | None
+    objective: float | None
+    objective_std: float | None
+    delta: float | None
+    kept: bool
+    duration_s: float | None
+    peak_memory_gb: float | None
+    sandbox: str | None
+    config: dict[str, Any]
+    metrics: dict[str, float]
+    fold_metrics: list[dict[str, float]]
+    loss_curve: list[list[float]] = Field(description="[step, loss] pairs, thinned to at most 50")
+    diff: str = Field(description="the editable files' diff against the parent (best at submit time)")
+    log_tail: str
+    error: str | None
+
+
+class NoteOut(BaseModel):
+    id: int
+    created_at: str
+    experiment_id: int | None
+    tags: list[str]
+    text: str
+
+
+class NotesPage(BaseModel):
+    total: int
+    notes: list[NoteOut]
+
+
+class RevertResult(BaseModel):
+    experiment_id: int
+    snapshot_commit: str
+    restored: list[str] = Field(description="files whose bytes changed")
+    unchanged: list[str]

@@ -1,0 +1,308 @@
+"""The workspace's SQLite store: one file, WAL mode, numbered migrations.
+
+Open it with `sqlite-utils tables .autoresearch/experiments.db --counts` or Datasette: the schema
+below is the API. Every query binds its values; identifiers come from whitelists.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 60_000
+
+# Each entry is applied once, in order, inside a transaction; never edit a released one.
+MIGRATIONS: list[str] = [
+    # 1: the core tables
+    """
+    CREATE TABLE experiments (
+        id INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL,
+        started_at REAL,
+        finished_at REAL,
+        status TEXT NOT NULL,            -- queued|running|succeeded|failed|timeout|cancelled|interrupted
+        verdict TEXT,                    -- baseline|improved|not_improved|inconclusive (NULL until done)
+        kept INTEGER NOT NULL DEFAULT 0, -- 1 when this run advanced refs/autoresearch/best
+        description TEXT NOT NULL,
+        hypothesis TEXT,
+        snapshot_commit TEXT,
+        parent_id INTEGER REFERENCES experiments(id),  -- the best experiment when it was submitted
+        best_id_at_verdict INTEGER REFERENCES experiments(id),
+        config_json TEXT NOT NULL DEFAULT '{}',
+        params_json TEXT NOT NULL DEFAULT '{}',
+        objective REAL,
+        objective_std REAL,
+        delta REAL,                      -- objective minus the best's at verdict time
+        duration_s REAL,
+        peak_memory_gb REAL,
+        time_budget_s REAL,
+        run_dir TEXT,
+        sandbox_backend TEXT,
+        returncode INTEGER,
+        supervisor_pid INTEGER,
+        error TEXT,
+        verdict_reason TEXT
+    );
+    CREATE INDEX experiments_status ON experiments(status);
+    CREATE TABLE metrics (
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        fold INTEGER,                    -- NULL: the aggregate over folds
+        name TEXT NOT NULL,
+        value REAL NOT NULL
+    );
+    CREATE INDEX metrics_experiment ON metrics(experiment_id, name);
+    CREATE TABLE steps (
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        step INTEGER NOT NULL,
+        t REAL,
+        loss REAL
+    );
+    CREATE INDEX steps_experiment ON steps(experiment_id, step);
+    CREATE TABLE notes (
+        id INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL,
+        experiment_id INTEGER REFERENCES experiments(id),
+        tags TEXT NOT NULL DEFAULT '[]', -- JSON list of strings
+        text TEXT NOT NULL
+    );
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        tool TEXT NOT NULL,
+        arguments TEXT NOT NULL,         -- JSON
+        outcome TEXT NOT NULL,           -- ok|error
+        detail TEXT,
+        duration_ms REAL
+    );
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'audit is append-only'); END;
+    CREATE TABLE reverts (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        target TEXT NOT NULL,
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        snapshot_commit TEXT NOT NULL,
+        files TEXT NOT NULL              -- JSON list of restored paths
+    );
+    """,
+]
+
+TERMINAL_STATUSES = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
+
+
+class Store:
+    """Small, well-named verbs over the workspace database."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # isolation_level=None: we issue BEGIN IMMEDIATE ourselves, so writers queue on the
+        # busy timeout instead of failing with "database is locked" on lock upgrade.
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self.db = sqlite_utils.Database(conn)
+        self._migrate()
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- transactions and schema ---------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
+    def schema_version(self) -> int:
+        row = self.db.conn.execute("SELECT max(version) FROM schema_version").fetchone()
+        return row[0] or 0
+
+    def _migrate(self) -> None:
+        with self.transaction() as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied_at REAL)")
+            current = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+            for version, script in enumerate(MIGRATIONS, start=1):
+                if version <= current:
+                    continue
+                for statement in _split_sql(script):
+                    conn.execute(statement)
+                conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, time.time()))
+
+    # -- experiments ---------------------------------------------------------------------
+    def insert_experiment(self, **fields: Any) -> int:
+        fields.setdefault("created_at", time.time())
+        fields.setdefault("status", "queued")
+        cols = list(fields)
+        _check_columns(cols)
+        sql = f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
+        with self.transaction() as conn:
+            return conn.execute(sql, [fields[c] for c in cols]).lastrowid
+
+    def update_experiment(self, experiment_id: int, *, only_if_status: tuple[str, ...] | None = None,
+                          conn: sqlite3.Connection | None = None, **fields: Any) -> bool:
+        """Set fields; with only_if_status, only when the row is in one of those states."""
+        _check_columns(fields)
+        sets = ", ".join(f"{c} = ?" for c in fields)
+        sql = f"UPDATE experiments SET {sets} WHERE id = ?"
+        args = [*fields.values(), experiment_id]
+        if only_if_status:
+            sql += f" AND status IN ({', '.join('?' for _ in only_if_status)})"
+            args += list(only_if_status)
+        if conn is not None:
+            return conn.execute(sql, args).rowcount == 1
+        with self.transaction() as c:
+            return c.execute(sql, args).rowcount == 1
+
+    def get_experiment(self, experiment_id: int) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM experiments WHERE id = ?", [experiment_id]))
+        return rows[0] if rows else None
+
+    def best_experiment(self, direction: str) -> dict | None:
+        """The current best: the most recent kept run (kept runs only ever improve)."""
+        rows = list(self.db.query(
+            "SELECT * FROM experiments WHERE kept = 1 ORDER BY finished_at DESC, id DESC LIMIT 1"))
+        return rows[0] if rows else None
+
+    def claim_next_queued(self, supervisor_pid: int) -> dict | None:
+        """Atomically move the oldest queued experiment to running; None when the queue is empty."""
+        with self.transaction() as conn:
+            row = conn.execute("SELECT id FROM experiments WHERE status = 'queued' ORDER BY id LIMIT 1").fetchone()
+            if row is None:
+                return None
+            conn.execute("UPDATE experiments SET status = 'running', started_at = ?, supervisor_pid = ? WHERE id = ?",
+                         (time.time(), supervisor_pid, row[0]))
+        return self.get_experiment(row[0])
+
+    def count_experiments(self, status: str | None = None) -> int:
+        if status is None:
+            return self.db.conn.execute("SELECT count(*) FROM experiments").fetchone()[0]
+        return self.db.conn.execute("SELECT count(*) FROM experiments WHERE status = ?", [status]).fetchone()[0]
+
+    def list_experiments(self, *, limit: int, status: str | None, order_by: str, direction: str) -> list[dict]:
+        order = {
+            "created": "id DESC",
+            "objective": f"objective IS NULL, objective {'ASC' if direction == 'minimize' else 'DESC'}, id",
+        }[order_by]  # whitelisted identifiers only
+        where, args = ("WHERE status = ?", [status]) if status else ("", [])
+        return list(self.db.query(f"SELECT * FROM experiments {where} ORDER BY {order} LIMIT ?", [*args, limit]))
+
+    def experiments_with_status(self, *statuses: str) -> list[dict]:
+        marks = ", ".join("?" for _ in statuses)
+        return list(self.db.query(f"SELECT * FROM experiments WHERE status IN ({marks}) ORDER BY id", list(statuses)))
+
+    # -- metrics and steps ---------------------------------------------------------------
+    def replace_metrics(self, experiment_id: int, rows: list[tuple[int | None, str, float]],
+                        conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM metrics WHERE experiment_id = ?", [experiment_id])
+        conn.executemany("INSERT INTO metrics (experiment_id, fold, name, value) VALUES (?, ?, ?, ?)",
+                         [(experiment_id, fold, name, value) for fold, name, value in rows])
+
+    def metrics(self, experiment_id: int, *, aggregate_only: bool = False) -> list[dict]:
+        sql = "SELECT fold, name, value FROM metrics WHERE experiment_id = ?"
+        if aggregate_only:
+            sql += " AND fold IS NULL"
+        return list(self.db.query(sql + " ORDER BY fold IS NOT NULL, fold, name", [experiment_id]))
+
+    def replace_steps(self, experiment_id: int, rows: list[tuple[int, float | None, float | None]],
+                      conn: sqlite3.Connection) -> None:
+        conn.execute("DELETE FROM steps WHERE experiment_id = ?", [experiment_id])
+        conn.executemany("INSERT INTO steps (experiment_id, step, t, loss) VALUES (?, ?, ?, ?)",
+                         [(experiment_id, *r) for r in rows])
+
+    def steps(self, experiment_id: int) -> list[dict]:
+        return list(self.db.query("SELECT step, t, loss FROM steps WHERE experiment_id = ? ORDER BY step",
+                                  [experiment_id]))
+
+    # -- notes ---------------------------------------------------------------------------
+    def insert_note(self, text: str, experiment_id: int | None, tags: list[str]) -> int:
+        with self.transaction() as conn:
+            return conn.execute("INSERT INTO notes (created_at, experiment_id, tags, text) VALUES (?, ?, ?, ?)",
+                                (time.time(), experiment_id, json.dumps(tags), text)).lastrowid
+
+    def get_note(self, note_id: int) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM notes WHERE id = ?", [note_id]))
+        for r in rows:
+            r["tags"] = json.loads(r["tags"])
+        return rows[0] if rows else None
+
+    def notes(self, *, limit: int, tag: str | None = None, query: str | None = None,
+              experiment_id: int | None = None) -> tuple[list[dict], int]:
+        clauses, args = [], []
+        if tag:
+            clauses.append("EXISTS (SELECT 1 FROM json_each(notes.tags) WHERE json_each.value = ?)")
+            args.append(tag)
+        if query:
+            clauses.append("text LIKE ? ESCAPE '\\'")
+            args.append("%" + query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%")
+        if experiment_id is not None:
+            clauses.append("experiment_id = ?")
+            args.append(experiment_id)
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        total = self.db.conn.execute(f"SELECT count(*) FROM notes {where}", args).fetchone()[0]
+        rows = list(self.db.query(f"SELECT * FROM notes {where} ORDER BY id DESC LIMIT ?", [*args, limit]))
+        for r in rows:
+            r["tags"] = json.loads(r["tags"])
+        return rows, total
+
+    # -- audit and reverts ---------------------------------------------------------------
+    def audit(self, tool: str, arguments: dict, outcome: str, detail: str | None, duration_ms: float) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT INTO audit (t, tool, arguments, outcome, detail, duration_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                         (time.time(), tool, json.dumps(arguments, default=str)[:4000], outcome,
+                          (detail or "")[:2000], duration_ms))
+
+    def audit_rows(self, limit: int) -> list[dict]:
+        return list(self.db.query("SELECT * FROM audit ORDER BY id DESC LIMIT ?", [limit]))
+
+    def insert_revert(self, target: str, experiment_id: int, commit: str, files: list[str]) -> int:
+        with self.transaction() as conn:
+            return conn.execute("INSERT INTO reverts (t, target, experiment_id, snapshot_commit, files) VALUES (?, ?, ?, ?, ?)",
+                                (time.time(), target, experiment_id, commit, json.dumps(files))).lastrowid
+
+
+_EXPERIMENT_COLUMNS = {
+    "id", "created_at", "started_at", "finished_at", "status", "verdict", "kept", "description", "hypothesis",
+    "snapshot_commit", "parent_id", "best_id_at_verdict", "config_json", "params_json", "objective",
+    "objective_std", "delta", "duration_s", "peak_memory_gb", "time_budget_s", "run_dir", "sandbox_backend",
+    "returncode", "supervisor_pid", "error", "verdict_reason",
+}
+
+
+def _check_columns(cols) -> None:
+    unknown = set(cols) - _EXPERIMENT_COLUMNS
+    if unknown:
+        raise ValueError(f"unknown experiment columns: {sorted(unknown)}")
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration into statements, keeping trigger bodies (BEGIN ... END;) whole."""
+    statements, current = [], []
+    for line in script.splitlines():
+        stripped = line.split("--", 1)[0].rstrip()
+        if not stripped.strip():
+            continue
+        current.append(stripped)
+        text = "\n".join(current)
+        if stripped.endswith(";") and (("BEGIN" not in text) or text.rstrip().endswith("END;")):
+            statements.append(text)
+            current = []
+    if current:
+        statements.append("\n".join(current))
+    return statements

@@ -1,0 +1,76 @@
+"""The detached supervisor: `python -m tools.supervisor WORKSPACE`.
+
+It takes one of the workspace's `concurrency` slots (a flock), then claims queued experiments in
+id order and runs each to its end, so runs outlive the MCP server that submitted them. It exits
+when the queue is empty; a run submitted meanwhile is caught by the re-check after the slot is
+released (or by the supervisor its submitter started).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from tools.lab import Lab
+from tools.runs import run_claimed, supervisor_lock_path
+
+
+@contextmanager
+def _slot(lab: Lab):
+    """Yield a held slot lock file, or None when all slots are busy."""
+    slots = lab.state_dir / "slots"
+    slots.mkdir(parents=True, exist_ok=True)
+    for k in range(lab.config.concurrency):
+        f = open(slots / f"slot-{k}.lock", "a")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.close()
+            continue
+        try:
+            yield k
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+            f.close()
+        return
+    yield None
+
+
+def main(argv: list[str]) -> int:
+    lab = Lab.open(Path(argv[0]))
+    pid = os.getpid()
+    lock_path = supervisor_lock_path(lab, pid)
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    life = open(lock_path, "w")
+    fcntl.flock(life, fcntl.LOCK_EX)  # held for our whole life: recovery's liveness test
+
+    # SIGTERM / SIGUSR1 only wake the wait loop; a run is cancelled through its cancel file.
+    signal.signal(signal.SIGUSR1, lambda *_: None)
+    terminating = []
+    signal.signal(signal.SIGTERM, lambda *_: terminating.append(True))
+    try:
+        while True:
+            with _slot(lab) as slot:
+                if slot is None:
+                    return 0
+                while not terminating:
+                    exp = lab.store.claim_next_queued(pid)
+                    if exp is None:
+                        break
+                    cancel_file = lab.run_dir(exp["id"]) / "cancel"
+                    run_claimed(lab, exp, should_cancel=lambda: bool(terminating) or cancel_file.exists())
+            if terminating or not lab.store.count_experiments("queued"):
+                return 0
+    finally:
+        lock_path.unlink(missing_ok=True)
+        fcntl.flock(life, fcntl.LOCK_UN)
+        life.close()
+        lab.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

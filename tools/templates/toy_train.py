@@ -1,0 +1,72 @@
+"""Toy experiment (preset `toy`): logistic regression on a fixed synthetic problem, numpy only.
+
+A seconds-long stand-in for the eCLIP template that honours the same contract (events.jsonl while
+running, metrics.json at the end, AR_PARAMS overrides), for smoke tests and trying the tools.
+"""
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+# ---------------------------------------------------------------------------- Hyperparameters
+LR = 0.1            # learning rate of plain gradient descent
+STEPS = 200         # optimisation steps per fold
+L2 = 1e-3           # weight decay
+FOLDS = 3           # k-fold protocol: the objective is averaged over folds, with its std
+SEED = 0            # changes the initialisation and the data order, not the data
+SLEEP_PER_STEP = 0.0  # seconds; lets tests make a run last
+
+# ---------------------------------------------------------------------------- Overrides
+RUN_DIR = os.environ.get("AR_RUN_DIR", "run")
+os.makedirs(RUN_DIR, exist_ok=True)
+if os.environ.get("AR_PARAMS"):
+    overrides = json.load(open(os.environ["AR_PARAMS"]))
+    for key, value in overrides.items():
+        if key not in globals() or not key.isupper():
+            sys.exit(f"AR_PARAMS: unknown constant {key!r}")
+        globals()[key] = type(globals()[key])(value)
+
+# ---------------------------------------------------------------------------- Data (fixed)
+data_rng = np.random.default_rng(1234)
+X = data_rng.normal(size=(600, 10))
+w_true = data_rng.normal(size=10)
+y = (X @ w_true + 0.8 * data_rng.normal(size=600) > 0).astype(float)
+folds = np.array_split(np.arange(600), FOLDS)
+
+# ---------------------------------------------------------------------------- Training loop
+events = open(os.path.join(RUN_DIR, "events.jsonl"), "a")
+t0 = time.time()
+fold_losses = []
+step_total = 0
+for k, val_idx in enumerate(folds):
+    train_idx = np.setdiff1d(np.arange(600), val_idx)
+    rng = np.random.default_rng(SEED * 100 + k)
+    w = rng.normal(scale=0.1, size=10)
+    for step in range(STEPS):
+        p = 1 / (1 + np.exp(-(X[train_idx] @ w)))
+        loss = float(-np.mean(y[train_idx] * np.log(p + 1e-9) + (1 - y[train_idx]) * np.log(1 - p + 1e-9)))
+        if not np.isfinite(loss):
+            sys.exit(f"loss is {loss} at step {step}: diverged")
+        w -= LR * (X[train_idx].T @ (p - y[train_idx]) / len(train_idx) + L2 * w)
+        step_total += 1
+        if step % 20 == 0 or step == STEPS - 1:
+            events.write(json.dumps({"t": time.time(), "step": step_total, "loss": loss,
+                                     "elapsed": time.time() - t0}) + "\n")
+            events.flush()
+        if SLEEP_PER_STEP:
+            time.sleep(SLEEP_PER_STEP)
+    p = 1 / (1 + np.exp(-(X[val_idx] @ w)))
+    fold_losses.append(float(-np.mean(y[val_idx] * np.log(p + 1e-9) + (1 - y[val_idx]) * np.log(1 - p + 1e-9))))
+
+# ---------------------------------------------------------------------------- Summary
+metrics = {"objective": float(np.mean(fold_losses)), "objective_name": "val_loss", "direction": "minimize",
+           "val_loss": float(np.mean(fold_losses)), "val_loss_std": float(np.std(fold_losses)),
+           "folds": [{"val_loss": v} for v in fold_losses], "steps": step_total,
+           "train_seconds": time.time() - t0, "seed": SEED, "peak_memory_gb": 0.0}
+tmp = os.path.join(RUN_DIR, "metrics.json.tmp")
+json.dump(metrics, open(tmp, "w"), indent=1)
+os.replace(tmp, os.path.join(RUN_DIR, "metrics.json"))
+print(f"val_loss: {metrics['val_loss']:.6f} +- {metrics['val_loss_std']:.6f}")
