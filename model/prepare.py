@@ -1,0 +1,78 @@
+"""Prepare a dataset folder for sandboxed runs (run by `autoresearch init`, outside the sandbox).
+
+    python -m model.prepare --data DIR [--preset tiny] [--synthetic small|default] [--manifest]
+
+1. If DIR holds no dataset (no dataset.json, no Ukiyo-eVG tree), generate the synthetic prints
+   there (DIR must then be empty or absent).
+2. For the Ukiyo-eVG tree, `--manifest` writes DIR/dataset.json (so tools know where the test
+   annotations are, to hide them).
+3. Build the read-only tensor cache DIR/.cache/<fingerprint>-<size>px-v1.npz and the token
+   cache for the preset's IMAGE_SIZE and CONTEXT_LENGTH (train + val only: the cache never
+   holds the test annotations, which sandboxed runs must not see).
+Prints one JSON line at the end: {"data_dir", "name", "fingerprint", "cache": [...], "n_pairs"}.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .odvg import ODVGError, resolve_dataset, write_manifest
+from .presets import get_preset
+from .synthprints import SynthConfig, write_dataset
+
+SYNTH = {
+    "default": SynthConfig(),
+    "small": SynthConfig(n_train=512, n_val=128, n_test=128),
+}
+
+
+def has_dataset(root: Path) -> bool:
+    try:
+        resolve_dataset(root)
+        return True
+    except ODVGError:
+        return False
+
+
+def prepare(data_dir, preset: str = "tiny", synthetic: str = "default", manifest: bool = False, log=print) -> dict:
+    root = Path(data_dir).expanduser()
+    if not has_dataset(root):
+        if synthetic not in SYNTH:
+            raise ValueError(f"--synthetic must be one of {sorted(SYNTH)}, got {synthetic!r}")
+        t0 = time.time()
+        log(f"prepare: no dataset in {root}; generating synthetic prints ({synthetic})")
+        write_dataset(root, SYNTH[synthetic], quiet=False)
+        log(f"prepare: generated in {time.time() - t0:.1f} s")
+    lay = resolve_dataset(root)
+    if manifest and lay.kind != "manifest":
+        log(f"prepare: wrote {write_manifest(root)}")
+    p = get_preset(preset)
+    from .data import load_pairs  # torch from here on
+    cdir = lay.root / ".cache"
+    data = load_pairs(p["IMAGE_SIZE"], p["CONTEXT_LENGTH"], data_dir=lay.root, cache_dir=cdir, log=log)
+    return {"data_dir": str(lay.root), "name": lay.name, "fingerprint": data.fingerprint,
+            "cache": sorted(str(c) for c in cdir.glob("*.npz")), "n_pairs": len(data),
+            "test": str(lay.test) if lay.test else None}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m model.prepare", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True, help="dataset folder (created with synthetic prints if empty)")
+    ap.add_argument("--preset", default="tiny", help="preset whose IMAGE_SIZE/CONTEXT_LENGTH the cache is for")
+    ap.add_argument("--synthetic", default="default", help="size of a generated dataset: default | small")
+    ap.add_argument("--manifest", action="store_true", help="write dataset.json for a Ukiyo-eVG tree")
+    a = ap.parse_args(argv)
+    try:
+        info = prepare(a.data, a.preset, a.synthetic, a.manifest, log=lambda m: print(m, file=sys.stderr, flush=True))
+    except (ODVGError, ValueError, FileExistsError) as e:
+        print(f"prepare: error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(info))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
