@@ -1,0 +1,527 @@
+"""In-sandbox launcher: the last stage before the untrusted program.
+
+Self-contained on purpose (stdlib + ctypes only): the parent runs it as
+``python -I -S -c <this source> <config json>`` with an empty environment, inside
+bwrap or directly, so that it works whatever is (not) visible in the sandbox.
+
+What it does:
+  * becomes a child subreaper, not dumpable, and (outside bwrap) asks for SIGTERM
+    when its parent dies;
+  * forks the program with stdin=/dev/null and stdout/stderr on pipes; in the fork,
+    before exec: new session, rlimits, capability drop (root), NO_NEW_PRIVS,
+    Landlock, seccomp;
+  * drains the pipes into run_dir/stdout.log and stderr.log, each capped
+    (head kept, a bounded tail kept, the middle dropped and counted);
+  * when the program exits, or on SIGTERM (after a grace period), SIGKILLs every
+    remaining descendant (setsid'd, double-forked ones included: they reparent
+    to us because we are a subreaper) and reaps them;
+  * reports {"returncode": ...} as one JSON line on a status fd that only the
+    parent holds.
+"""
+
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import platform
+import select
+import signal
+import struct
+import sys
+import time
+
+# ---------------------------------------------------------------- prctl & co
+PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.prctl.restype = ctypes.c_int
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def prctl(opt, a=0, b=0, c=0, d=0):
+    rc = _libc.prctl(opt, a, b, c, d)
+    if rc < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "prctl(%d): %s" % (opt, os.strerror(e)))
+    return rc
+
+
+MACHINE = platform.machine()
+
+# ---------------------------------------------------------------- Landlock
+SYS_landlock_create_ruleset = 444
+SYS_landlock_add_rule = 445
+SYS_landlock_restrict_self = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1
+LANDLOCK_RULE_PATH_BENEATH = 1
+
+FS_EXECUTE = 1 << 0
+FS_WRITE_FILE = 1 << 1
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+FS_REMOVE_DIR = 1 << 4
+FS_REMOVE_FILE = 1 << 5
+FS_MAKE_CHAR = 1 << 6
+FS_MAKE_DIR = 1 << 7
+FS_MAKE_REG = 1 << 8
+FS_MAKE_SOCK = 1 << 9
+FS_MAKE_FIFO = 1 << 10
+FS_MAKE_BLOCK = 1 << 11
+FS_MAKE_SYM = 1 << 12
+FS_REFER = 1 << 13  # ABI 2
+FS_TRUNCATE = 1 << 14  # ABI 3
+FS_IOCTL_DEV = 1 << 15  # ABI 5
+NET_BIND_TCP = 1  # ABI 4
+NET_CONNECT_TCP = 2
+SCOPE_ABSTRACT_UNIX_SOCKET = 1  # ABI 6
+SCOPE_SIGNAL = 2
+
+FILE_RIGHTS = FS_EXECUTE | FS_WRITE_FILE | FS_READ_FILE | FS_TRUNCATE | FS_IOCTL_DEV
+
+
+def landlock_abi():
+    v = _libc.syscall(SYS_landlock_create_ruleset, None, ctypes.c_size_t(0),
+                      ctypes.c_uint32(LANDLOCK_CREATE_RULESET_VERSION))
+    return int(v) if v > 0 else 0
+
+
+def _fs_rights_for_abi(abi):
+    r = (1 << 13) - 1
+    if abi >= 2:
+        r |= FS_REFER
+    if abi >= 3:
+        r |= FS_TRUNCATE
+    if abi >= 5:
+        r |= FS_IOCTL_DEV
+    return r
+
+
+def apply_landlock(spec):
+    """spec: {"rules": [[path, "ro"|"rw"|"dev"], ...], "network": bool}."""
+    abi = landlock_abi()
+    if abi < 1:
+        raise OSError(errno.ENOSYS, "Landlock unavailable")
+    handled_fs = _fs_rights_for_abi(abi)
+    handled_net = (NET_BIND_TCP | NET_CONNECT_TCP) if (abi >= 4 and not spec.get("network")) else 0
+    scoped = (SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL) if abi >= 6 else 0
+    if abi >= 6:
+        attr = struct.pack("QQQ", handled_fs, handled_net, scoped)
+    elif abi >= 4:
+        attr = struct.pack("QQ", handled_fs, handled_net)
+    else:
+        attr = struct.pack("Q", handled_fs)
+    buf = ctypes.create_string_buffer(attr, len(attr))
+    rfd = _libc.syscall(SYS_landlock_create_ruleset, buf, ctypes.c_size_t(len(attr)), ctypes.c_uint32(0))
+    if rfd < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "landlock_create_ruleset: " + os.strerror(e))
+    rx = FS_EXECUTE | FS_READ_FILE | FS_READ_DIR
+    rights_of = {
+        "ro": rx,
+        "rw": handled_fs,
+        "dev": FS_READ_FILE | FS_WRITE_FILE | FS_TRUNCATE,
+        "gpu": FS_READ_FILE | FS_WRITE_FILE | FS_IOCTL_DEV,
+        "dironly": FS_READ_DIR,
+    }
+    for path, kind in spec["rules"]:
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            import stat as _stat
+            st = os.fstat(fd)
+            rights = rights_of[kind] & handled_fs
+            if not _stat.S_ISDIR(st.st_mode):
+                rights &= FILE_RIGHTS
+            if not rights:
+                continue
+            rule = struct.pack("=Qi", rights, fd)  # struct landlock_path_beneath_attr is packed
+            rbuf = ctypes.create_string_buffer(rule, len(rule))
+            if _libc.syscall(SYS_landlock_add_rule, ctypes.c_int(rfd), ctypes.c_int(LANDLOCK_RULE_PATH_BENEATH),
+                             rbuf, ctypes.c_uint32(0)) < 0:
+                e = ctypes.get_errno()
+                raise OSError(e, "landlock_add_rule(%s): %s" % (path, os.strerror(e)))
+        finally:
+            os.close(fd)
+    if _libc.syscall(SYS_landlock_restrict_self, ctypes.c_int(rfd), ctypes.c_uint32(0)) < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "landlock_restrict_self: " + os.strerror(e))
+    os.close(rfd)
+    return abi
+
+
+# ---------------------------------------------------------------- seccomp (own classic BPF, no libseccomp)
+AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
+# name: (x86_64, aarch64)
+SYSCALLS = {
+    "socket": (41, 198), "clone": (56, 220), "clone3": (435, 435), "ptrace": (101, 117),
+    "mount": (165, 40), "umount2": (166, 39), "pivot_root": (155, 41), "chroot": (161, 51),
+    "unshare": (272, 97), "setns": (308, 268), "bpf": (321, 280), "keyctl": (250, 219),
+    "add_key": (248, 217), "request_key": (249, 218), "perf_event_open": (298, 241),
+    "userfaultfd": (323, 282), "kexec_load": (246, 104), "kexec_file_load": (320, 294),
+    "init_module": (175, 105), "finit_module": (313, 273), "delete_module": (176, 106),
+    "swapon": (167, 224), "swapoff": (168, 225), "reboot": (169, 142),
+    "open_by_handle_at": (304, 265), "name_to_handle_at": (303, 264),
+    "process_vm_readv": (310, 270), "process_vm_writev": (311, 271),
+    "io_uring_setup": (425, 425), "io_uring_enter": (426, 426), "io_uring_register": (427, 427),
+    "fsopen": (430, 430), "fsconfig": (431, 431), "fsmount": (432, 432), "fspick": (433, 433),
+    "move_mount": (429, 429), "open_tree": (428, 428), "mount_setattr": (442, 442),
+    "iopl": (172, None), "ioperm": (173, None), "acct": (163, 89), "quotactl": (179, 60),
+    "settimeofday": (164, 170), "clock_settime": (227, 112), "clock_adjtime": (305, 266),
+    "adjtimex": (159, 171), "syslog": (103, 116), "vhangup": (153, 58), "lookup_dcookie": (212, 18),
+}
+DENY_ALWAYS = [
+    "ptrace", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "bpf", "keyctl",
+    "add_key", "request_key", "perf_event_open", "userfaultfd", "kexec_load", "kexec_file_load",
+    "init_module", "finit_module", "delete_module", "swapon", "swapoff", "reboot",
+    "open_by_handle_at", "name_to_handle_at", "process_vm_readv", "process_vm_writev",
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "fsopen", "fsconfig", "fsmount",
+    "fspick", "move_mount", "open_tree", "mount_setattr", "iopl", "ioperm", "acct", "quotactl",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog", "vhangup",
+    "lookup_dcookie",
+]
+CLONE_NS_FLAGS = 0x7E020000  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
+AF_UNIX = 1
+RET_KILL_PROCESS = 0x80000000
+RET_ERRNO = 0x00050000
+RET_ALLOW = 0x7FFF0000
+LD_W_ABS = 0x20
+JEQ_K = 0x15
+JGE_K = 0x35
+JSET_K = 0x45
+RET_K = 0x06
+
+
+def seccomp_supported():
+    return MACHINE in AUDIT_ARCH
+
+
+def build_seccomp(block_inet):
+    col = 0 if MACHINE == "x86_64" else 1
+    nr = {k: v[col] for k, v in SYSCALLS.items() if v[col] is not None}
+    prog = []
+
+    def ins(code, jt, jf, k):
+        prog.append((code, jt, jf, k))
+
+    eperm = RET_ERRNO | errno.EPERM
+    ins(LD_W_ABS, 0, 0, 4)  # arch
+    ins(JEQ_K, 1, 0, AUDIT_ARCH[MACHINE])
+    ins(RET_K, 0, 0, RET_KILL_PROCESS)
+    ins(LD_W_ABS, 0, 0, 0)  # nr
+    if MACHINE == "x86_64":
+        ins(JGE_K, 0, 1, 0x40000000)  # x32 ABI
+        ins(RET_K, 0, 0, eperm)
+    for name in DENY_ALWAYS:
+        if name in nr:
+            ins(JEQ_K, 0, 1, nr[name])
+            ins(RET_K, 0, 0, eperm)
+    ins(JEQ_K, 0, 1, nr["clone3"])  # args not inspectable: ENOSYS makes libc fall back to clone
+    ins(RET_K, 0, 0, RET_ERRNO | errno.ENOSYS)
+    ins(JEQ_K, 0, 3, nr["clone"])
+    ins(LD_W_ABS, 0, 0, 16)  # args[0] low 32 bits (flags)
+    ins(JSET_K, 0, 1, CLONE_NS_FLAGS)
+    ins(RET_K, 0, 0, eperm)
+    if block_inet:
+        ins(LD_W_ABS, 0, 0, 0)
+        ins(JEQ_K, 0, 3, nr["socket"])
+        ins(LD_W_ABS, 0, 0, 16)  # domain
+        ins(JEQ_K, 1, 0, AF_UNIX)
+        ins(RET_K, 0, 0, RET_ERRNO | errno.EPERM)
+    ins(RET_K, 0, 0, RET_ALLOW)
+    return prog
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def apply_seccomp(block_inet):
+    prog = build_seccomp(block_inet)
+    raw = b"".join(struct.pack("HBBI", *p) for p in prog)
+    buf = ctypes.create_string_buffer(raw, len(raw))
+    fprog = _SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
+    rc = _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
+    if rc < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, "seccomp: " + os.strerror(e))
+
+
+# ---------------------------------------------------------------- capabilities
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def drop_capabilities():
+    """Drop every capability for good (for a uid-0 caller). Errors are ignored where
+    the caps are already gone (e.g. inside bwrap --cap-drop ALL)."""
+    try:
+        last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    except (OSError, ValueError):
+        last = 40
+    try:  # NOROOT|NOROOT_LOCKED|NO_SETUID_FIXUP(+LOCKED)|KEEP_CAPS_LOCKED|NO_CAP_AMBIENT_RAISE(+LOCKED)
+        prctl(PR_SET_SECUREBITS, 0xEF)
+    except OSError:
+        pass
+    for cap in range(last + 1):
+        try:
+            prctl(PR_CAPBSET_DROP, cap)
+        except OSError:
+            break
+    try:
+        prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError:
+        pass
+    hdr = _CapHeader(0x20080522, 0)
+    data = (_CapData * 2)()
+    if _libc.syscall(126 if MACHINE == "x86_64" else 91, ctypes.byref(hdr), ctypes.byref(data)) < 0:  # capset
+        e = ctypes.get_errno()
+        raise OSError(e, "capset: " + os.strerror(e))
+
+
+# ---------------------------------------------------------------- process tree
+def descendants(root):
+    kids = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name, "rb") as f:
+                data = f.read()
+        except OSError:
+            continue
+        try:
+            ppid = int(data[data.rindex(b")") + 2:].split()[1])
+        except (ValueError, IndexError):
+            continue
+        kids.setdefault(ppid, []).append(int(name))
+    out, todo = [], [root]
+    while todo:
+        for c in kids.get(todo.pop(), ()):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+# ---------------------------------------------------------------- capped logs
+class CappedLog:
+    def __init__(self, path, cap):
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        self.cap = max(int(cap), 1024)
+        self.tail_cap = min(self.cap // 4, 1 << 20)
+        self.head_cap = self.cap - self.tail_cap
+        self.head = 0
+        self.total = 0
+        self.tail = bytearray()
+
+    def write(self, data):
+        self.total += len(data)
+        if self.head < self.head_cap:
+            n = min(len(data), self.head_cap - self.head)
+            os.write(self.fd, data[:n])
+            self.head += n
+            data = data[n:]
+        if data:
+            self.tail += data
+            if len(self.tail) > 2 * self.tail_cap:
+                del self.tail[:-self.tail_cap]
+
+    def close(self):
+        tail = bytes(self.tail[-self.tail_cap:]) if self.tail else b""
+        dropped = self.total - self.head - len(tail)
+        if dropped > 0:
+            os.write(self.fd, ("\n[sandbox: log capped at %d bytes: %d bytes omitted here, last %d bytes follow]\n"
+                               % (self.cap, dropped, len(tail))).encode())
+        if tail:
+            os.write(self.fd, tail)
+        os.close(self.fd)
+        return {"bytes": self.total, "truncated": dropped > 0}
+
+
+# ---------------------------------------------------------------- child setup
+def child_exec(cfg, out_w, err_w):
+    import resource
+    os.setsid()
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(out_w, 1)
+    os.dup2(err_w, 2)
+    os.closerange(3, 65536)
+    os.chdir(cfg["cwd"])
+    for name, (soft, hard) in cfg.get("rlimits", {}).items():
+        res = getattr(resource, name)
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except (ValueError, OSError):
+            cur = resource.getrlimit(res)
+            resource.setrlimit(res, (min(soft, cur[1]) if cur[1] >= 0 else soft, cur[1]))
+    if cfg.get("drop_caps") and os.geteuid() == 0:
+        drop_capabilities()
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    if cfg.get("landlock"):
+        apply_landlock(cfg["landlock"])
+    if cfg.get("seccomp"):
+        apply_seccomp(cfg["seccomp"].get("block_inet", False))
+    argv = cfg["argv"]
+    os.execvpe(argv[0], argv, cfg["env"])
+
+
+# ---------------------------------------------------------------- main
+def main():
+    cfg = json.loads(sys.argv[1])
+    try:
+        prctl(PR_SET_DUMPABLE, 0)
+    except OSError:
+        pass
+    prctl(PR_SET_CHILD_SUBREAPER, 1)
+    if cfg.get("pdeathsig"):
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if cfg.get("expect_ppid") and os.getppid() != cfg["expect_ppid"]:
+            os._exit(125)  # parent already gone
+    status_fd = cfg["status_fd"]
+    os.set_inheritable(status_fd, False)
+
+    term = []
+    wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_w)
+
+    def on_term(signum, frame):
+        term.append(signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s, on_term)
+
+    logs = {}
+    fds = {}
+    pipes = []
+    for name in ("stdout", "stderr"):
+        logs[name] = CappedLog(cfg[name + "_path"], cfg["log_bytes"])
+        r, w = os.pipe2(os.O_CLOEXEC)
+        fds[r] = name
+        pipes.append(w)
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            signal.set_wakeup_fd(-1)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
+                signal.signal(s, signal.SIG_DFL)
+            child_exec(cfg, pipes[0], pipes[1])
+        except BaseException as e:  # noqa: BLE001
+            try:
+                os.write(2, ("sandbox launcher: cannot start %r: %s\n" % (cfg["argv"][:1], e)).encode())
+            except OSError:
+                pass
+        os._exit(127)
+
+    for w in pipes:
+        os.close(w)
+    main_status = None
+    killed_after_exit = False
+    term_deadline = None
+    n_killed = 0
+    grace = float(cfg.get("grace", 2.0))
+    eof_deadline = None
+
+    def kill_all():
+        n = 0
+        for _ in range(200):
+            pids = descendants(os.getpid())
+            if not pids:
+                break
+            for p in pids:
+                try:
+                    os.kill(p, signal.SIGKILL)
+                    n += 1
+                except OSError:
+                    pass
+            reap()
+            time.sleep(0.005)
+        return n
+
+    def reap():
+        nonlocal main_status
+        while True:
+            try:
+                p, st = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return False
+            if p == 0:
+                return True
+            if p == pid and main_status is None:
+                main_status = st
+
+    while True:
+        rlist = list(fds) + [wake_r]
+        try:
+            ready, _, _ = select.select(rlist, [], [], 0.1)
+        except InterruptedError:
+            ready = []
+        for fd in ready:
+            if fd == wake_r:
+                try:
+                    os.read(wake_r, 4096)
+                except OSError:
+                    pass
+                continue
+            try:
+                data = os.read(fd, 1 << 20)
+            except OSError:
+                data = b""
+            if data:
+                logs[fds[fd]].write(data)
+            else:
+                os.close(fd)
+                del fds[fd]
+        has_children = reap()
+        now = time.monotonic()
+        if term and term_deadline is None:
+            term_deadline = now + grace
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        if term_deadline is not None and now >= term_deadline and main_status is None:
+            n_killed += kill_all()
+        if main_status is not None and not killed_after_exit:
+            n_killed += kill_all()
+            killed_after_exit = True
+            eof_deadline = time.monotonic() + 5.0
+            has_children = reap()
+        if main_status is not None and not has_children:
+            if not fds:
+                break
+            if eof_deadline is not None and time.monotonic() > eof_deadline:
+                for fd in list(fds):
+                    os.close(fd)
+                    del fds[fd]
+                break
+    report = {"returncode": os.waitstatus_to_exitcode(main_status),
+              "killed_descendants": n_killed,
+              "terminated": bool(term),
+              "logs": {k: v.close() for k, v in logs.items()}}
+    try:
+        os.write(status_fd, (json.dumps(report) + "\n").encode())
+    except OSError:
+        pass
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
