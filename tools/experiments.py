@@ -14,7 +14,7 @@ from tools.errors import ToolError
 from tools.lab import Lab
 from tools.schemas import (Description, ExperimentDetail, ExperimentId, Hypothesis, Limit, NoteOut, NotesPage,
                            NoteText, Params, ResultRow, ResultsTable, RevertResult, RevertTarget, RunSummary,
-                           Status, Tags, TimeBudget)
+                           Status, Tag, Tags, TimeBudget)
 
 TERMINAL = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
 ProgressFn = Callable[[RunSummary], None]
@@ -63,6 +63,9 @@ def wait_for(lab: Lab, exp_id: int, *, timeout_s: float | None = None, on_progre
 
 def summary(lab: Lab, exp_id: int) -> RunSummary:
     exp = _get(lab, exp_id)
+    if exp["status"] == "running" and not runs.supervisor_alive(lab, exp["supervisor_pid"]):
+        runs.recover(lab)  # its supervisor is gone: settle it now rather than leave it 'running'
+        exp = _get(lab, exp_id)
     out = RunSummary(id=exp["id"], status=exp["status"], verdict=exp["verdict"], objective=exp["objective"],
                      objective_std=exp["objective_std"], delta_vs_best=exp["delta"],
                      best_id=exp["best_id_at_verdict"], kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),

@@ -293,7 +293,7 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
         store.replace_steps(exp_id, steps, conn)
         updated = store.update_experiment(exp_id, conn=conn, only_if_status=("running", "queued", "submitting"),
                                           **fields)
-    if updated and fields.get("kept"):
+    if updated and fields.get("kept") and exp["snapshot_commit"]:
         lab.workspace.advance_best(exp["snapshot_commit"])
     _prune_checkpoints(lab, exp_id, kept=bool(fields.get("kept")))
 
@@ -359,8 +359,9 @@ def supervisor_alive(lab: Lab, pid: int | None) -> bool:
         return False
 
 
-def recover(lab: Lab) -> list[int]:
-    """Settle runs whose supervisor died: record them from the run dir, or mark them interrupted."""
+def recover(lab: Lab, *, kick: bool = True) -> list[int]:
+    """Settle runs whose supervisor died: record them from the run dir, or mark them interrupted.
+    With kick, start a supervisor for runs still queued (a supervisor itself passes kick=False)."""
     settled = []
     for exp in lab.store.experiments_with_status("running", "submitting"):
         if exp["status"] == "running" and supervisor_alive(lab, exp["supervisor_pid"]):
@@ -376,7 +377,7 @@ def recover(lab: Lab) -> list[int]:
             if row["status"] == "interrupted":
                 lab.store.update_experiment(exp["id"], error=f"the supervisor died before the run finished: {row['error']}")
         settled.append(exp["id"])
-    if lab.store.count_experiments("queued"):
+    if kick and lab.store.count_experiments("queued"):
         ensure_supervisor(lab)
     return settled
 

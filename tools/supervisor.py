@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tools.lab import Lab
-from tools.runs import run_claimed, supervisor_lock_path
+from tools.runs import recover, run_claimed, supervisor_lock_path
 
 
 @contextmanager
@@ -53,6 +53,7 @@ def main(argv: list[str]) -> int:
     terminating = []
     signal.signal(signal.SIGTERM, lambda *_: terminating.append(True))
     try:
+        recover(lab, kick=False)  # runs orphaned by a supervisor that was killed
         while True:
             with _slot(lab) as slot:
                 if slot is None:
