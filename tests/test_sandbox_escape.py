@@ -1,0 +1,574 @@
+"""Escape suite: a hostile train.py tries to get out; every attempt must fail under every available backend.
+
+Every run goes through ONE helper, `run_hostile` (sandbox.testing.run_hostile): a separate supervisor
+process (holding a planted SECRET_API_KEY in its environment and a HOME with a planted ~/.ssh/id_rsa)
+calls sandbox.launch on a workspace-like tree. Outcomes are checked on the host side wherever possible
+(files that must not appear, listeners that must not be reached, markers that must not be printed).
+
+SANDBOX_NEGATIVE_CONTROL=1 runs the whole suite with isolation switched off (backend "none"): it must
+then fail. `test_negative_control_none_escapes` checks that in every normal run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from sandbox import testing as T
+from sandbox.backends import available_backends
+
+AV = available_backends()
+NEGATIVE = os.environ.get("SANDBOX_NEGATIVE_CONTROL") == "1"
+TAG = uuid.uuid4().hex[:10]
+
+
+def _backend_params():
+    out = []
+    for b in ("bwrap", "landlock"):
+        ok = AV[b]["available"]
+        mark = () if ok else pytest.mark.skip(reason=f"backend {b} unavailable here: {AV[b]['why']}")
+        out.append(pytest.param(b, marks=mark, id=b))
+    return out
+
+
+def _effective(backend: str) -> str:
+    return "none" if NEGATIVE else backend
+
+
+# ----------------------------------------------------------------------------- host-side bait
+class Listener:
+    """TCP + UDP on 127.0.0.1 and pathname Unix sockets in the host's /tmp and /run; records contacts."""
+
+    def __init__(self):
+        self.hits: list[str] = []
+        self.socks = []
+        self.dirs = []
+        tcp = socket.socket()
+        tcp.bind(("127.0.0.1", 0))
+        tcp.listen(16)
+        self.tcp_port = tcp.getsockname()[1]
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        self.udp_port = udp.getsockname()[1]
+        self.socks += [tcp, udp]
+        self.unix = {}
+        for base in ("/tmp", "/run"):
+            try:
+                d = tempfile.mkdtemp(prefix="sbx-host-", dir=base)
+            except OSError:
+                continue
+            os.chmod(d, 0o755)
+            path = os.path.join(d, "agent.sock")
+            u = socket.socket(socket.AF_UNIX)
+            u.bind(path)
+            os.chmod(path, 0o777)
+            u.listen(16)
+            self.socks.append(u)
+            self.dirs.append(d)
+            self.unix[base] = path
+        self._stop = False
+        self._t = threading.Thread(target=self._loop, daemon=True)
+        self._t.start()
+
+    def _loop(self):
+        import select
+        while not self._stop:
+            r, _, _ = select.select(self.socks, [], [], 0.1)
+            for s in r:
+                try:
+                    if s.type == socket.SOCK_DGRAM:
+                        data, _ = s.recvfrom(4096)
+                        self.hits.append(f"udp:{data[:40]!r}")
+                    else:
+                        c, _ = s.accept()
+                        name = "tcp" if s.family == socket.AF_INET else f"unix:{s.getsockname()}"
+                        self.hits.append(name)
+                        try:
+                            c.sendall(b"HOST-REACHED")
+                        except OSError:
+                            pass
+                        c.close()
+                except OSError:
+                    pass
+
+    def close(self):
+        self._stop = True
+        self._t.join(2)
+        for s in self.socks:
+            s.close()
+        for d in self.dirs:
+            shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def listener():
+    ln = Listener()
+    yield ln
+    ln.close()
+
+
+# ----------------------------------------------------------------------------- the hostile probe
+PROBE = r'''
+import ctypes, json, os, socket, struct, sys, glob
+E = os.environ
+T = json.loads(E["PROBE_TARGETS"])
+R = {}
+
+def attempt(name, fn):
+    try:
+        R[name] = "ESCAPED: " + repr(fn())[:300]
+    except BaseException as e:
+        R[name] = "blocked: %s: %s" % (type(e).__name__, str(e)[:200])
+
+def tcp():
+    s = socket.create_connection(("127.0.0.1", int(E["P_TCP"])), timeout=2)
+    return s.recv(64)
+attempt("tcp_localhost", tcp)
+
+def udp():
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(3):
+        s.sendto(b"HOSTILE-UDP", ("127.0.0.1", int(E["P_UDP"])))
+    return "sent (reaching the host is checked there)"
+attempt("udp", udp)
+
+def dns():
+    out = []
+    try:
+        out.append(socket.getaddrinfo("example.com", 80))
+    except OSError as e:
+        out.append("getaddrinfo failed: %s" % e)
+    servers = [l.split()[1] for l in open("/etc/resolv.conf") if l.startswith("nameserver")] if os.path.exists("/etc/resolv.conf") else []
+    q = struct.pack(">HHHHHH", 0x1234, 0x0100, 1, 0, 0, 0) + b"\x07example\x03com\x00" + struct.pack(">HH", 1, 1)
+    for ns in (servers or ["1.1.1.1"]) + ["1.1.1.1", "8.8.8.8"]:
+        s = socket.socket(socket.AF_INET6 if ":" in ns else socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(1)
+        s.sendto(q, (ns, 53))
+        try:
+            return ("answer from", ns, s.recvfrom(512)[0][:8])
+        except socket.timeout:
+            pass
+    if isinstance(out[0], list):
+        return out[0][:1]
+    raise OSError("no DNS answer (%s)" % out[0])
+attempt("dns", dns)
+
+def unix(path):
+    def f():
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(2)
+        s.connect(path)
+        return s.recv(64)
+    return f
+attempt("unix_tmp", unix(E["P_UNIX_TMP"]))
+attempt("unix_run", unix(E["P_UNIX_RUN"]))
+
+def writer(path):
+    def f():
+        with open(path, "w") as fh:
+            fh.write("pwned")
+        return "wrote " + path
+    return f
+for name, path in T["write"].items():
+    attempt(name, writer(path))
+
+def append_data():
+    with open(T["data_file"], "a") as fh:
+        fh.write("pwned\n")
+    return "appended"
+attempt("modify_dataset", append_data)
+
+def reader(path):
+    def f():
+        return open(path).read()
+    return f
+attempt("read_ssh_key", reader(T["ssh_key"]))
+attempt("read_git_config", reader(T["git_config"]))
+attempt("read_hidden_db", reader(T["db"]))
+
+def listdir_git():
+    return os.listdir(T["git_dir"])
+attempt("list_git_dir", listdir_git)
+
+def env_secret():
+    hits = [k for k, v in os.environ.items() if "PLANTED" in v or k == "SECRET_API_KEY"]
+    if hits:
+        return hits
+    raise PermissionError("no secret in own environment: %s" % sorted(os.environ))
+attempt("env_secret", env_secret)
+
+def proc_environ():
+    found, denied = [], 0
+    for p in glob.glob("/proc/[0-9]*/environ"):
+        try:
+            if E["P_SECRET_REVERSED"][::-1].encode() in open(p, "rb").read():
+                found.append(p)
+        except OSError:
+            denied += 1
+    if found:
+        return found
+    raise PermissionError("secret not found in any /proc/*/environ (%d unreadable)" % denied)
+attempt("proc_environ", proc_environ)
+
+libc = ctypes.CDLL(None, use_errno=True)
+def remount():
+    MS_REMOUNT, MS_BIND = 32, 4096
+    if libc.mount(None, b"/", None, MS_REMOUNT | MS_BIND, None) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+    with open(T["after_remount"], "w") as fh:
+        fh.write("pwned")
+    return "remounted / rw and wrote " + T["after_remount"]
+if E.get("P_HARMLESS") != "1":
+    attempt("remount_rw", remount)
+
+def sysctl():
+    p = "/proc/sys/vm/swappiness"
+    v = open(p).read()
+    with open(p, "w") as fh:
+        fh.write(v)  # same value back: harmless if it gets through
+    return "wrote " + p
+attempt("sysctl_write", sysctl)
+
+def symlink_out():
+    link = os.path.join(E["AR_RUN_DIR"], "evil_link")
+    os.symlink(T["symlink_target"], link)
+    with open(link, "w") as fh:
+        fh.write("pwned")
+    return "wrote through " + link
+attempt("symlink_write_out", symlink_out)
+
+def symlink_leak():
+    os.symlink("/etc/hostname", os.path.join(E["AR_RUN_DIR"], "metrics.json"))
+    return "left a symlink for the host to follow"
+attempt("symlink_left_for_host", symlink_leak)
+
+def hardlink():
+    os.link(T["ssh_key"], os.path.join(E["AR_RUN_DIR"], "hl"))
+    return "hardlinked the key into the run dir"
+attempt("hardlink_secret", hardlink)
+
+def kill_supervisor():
+    target = int(E["P_SUPERVISOR"])
+    os.kill(target, 0)  # signal 0: permission check only
+    return "can signal the supervisor %d" % target
+attempt("signal_supervisor", kill_supervisor)
+
+print("REPORT " + json.dumps(R), flush=True)
+'''
+
+WRITE_CHECKS = ["write_home", "write_dataset", "write_git", "write_harness", "write_etc", "write_tmp", "write_code"]
+CHECKS = (["tcp_localhost", "udp", "dns", "unix_tmp", "unix_run"] + WRITE_CHECKS
+          + ["modify_dataset", "read_ssh_key", "read_git_config", "read_hidden_db", "list_git_dir", "env_secret",
+             "proc_environ", "remount_rw", "sysctl_write", "symlink_write_out", "symlink_left_for_host",
+             "hardlink_secret", "signal_supervisor"])
+# Checks where only host-side evidence counts: the sandbox may give the child a private, throw-away
+# HOME and /tmp (bwrap tmpfs) or a private loopback (net namespace) where the write/send "succeeds".
+HOST_ONLY = {"udp", "write_home", "write_tmp", "symlink_left_for_host"}
+# Documented gaps of the Landlock tier (see sandbox/README.md): expected to fail there.
+LANDLOCK_GAPS = {
+    "unix_tmp": "Landlock ABI < 8 cannot restrict connect() to pathname Unix sockets",
+    "unix_run": "Landlock ABI < 8 cannot restrict connect() to pathname Unix sockets",
+    "write_code": "Landlock cannot make a read-only hole in the writable run dir (the code snapshot lives there)",
+}
+
+
+def _probe(tree: T.Tree, listener: Listener, backend: str, harmless: bool) -> tuple[T.HostileRun, dict]:
+    targets = {
+        "write": {
+            "write_home": str(tree.home / f"escape-{TAG}"),
+            "write_dataset": str(tree.data / f"escape-{TAG}"),
+            "write_git": str(tree.git / "hooks" / "post-commit"),
+            "write_harness": str(tree.harness / f"escape-{TAG}.py"),
+            "write_etc": f"/etc/sbx-escape-{TAG}",
+            "write_tmp": f"/tmp/sbx-escape-{TAG}",
+            "write_code": str(tree.code / f"escape-{TAG}"),
+        },
+        "data_file": str(tree.data / "train.jsonl"),
+        "ssh_key": str(tree.home / ".ssh" / "id_rsa"),
+        "git_config": str(tree.git / "config"),
+        "git_dir": str(tree.git),
+        "db": str(tree.db),
+        "after_remount": str(tree.data / f"after-remount-{TAG}"),
+        "symlink_target": str(tree.data / f"via-symlink-{TAG}"),
+    }
+    env = {"PROBE_TARGETS": json.dumps(targets), "P_TCP": str(listener.tcp_port), "P_UDP": str(listener.udp_port),
+           "P_UNIX_TMP": listener.unix.get("/tmp", "/nonexistent"), "P_UNIX_RUN": listener.unix.get("/run", "/nx"),
+           "P_SECRET_REVERSED": T.SECRET_MARKER[::-1], "P_HARMLESS": "1" if harmless else "0"}
+    data_hash = hashlib.sha256((tree.data / "train.jsonl").read_bytes()).hexdigest()
+    hits_before = len(listener.hits)
+    # the supervisor's pid is only known once started: the probe reads it from a file the test writes
+    run = _run_with_supervisor_pid(tree, backend, env)
+    time.sleep(0.3)  # let the listener thread record late datagrams
+    hits = listener.hits[hits_before:]
+    host = {}  # check name -> escaped? (host-side evidence)
+    host["tcp_localhost"] = "tcp" in hits
+    host["udp"] = any(h.startswith("udp") for h in hits)
+    host["unix_tmp"] = any(h.startswith("unix") and "/tmp/" in h for h in hits)
+    host["unix_run"] = any(h.startswith("unix") and "/run/" in h for h in hits)
+    for name, path in targets["write"].items():
+        host[name] = os.path.exists(path)
+    host["modify_dataset"] = hashlib.sha256((tree.data / "train.jsonl").read_bytes()).hexdigest() != data_hash
+    logs = run.stdout + run.stderr
+    host["read_ssh_key"] = T.KEY_MARKER in logs
+    host["read_git_config"] = T.GIT_MARKER in logs
+    host["read_hidden_db"] = T.DB_MARKER in logs
+    host["env_secret"] = T.SECRET_MARKER in logs
+    host["proc_environ"] = T.SECRET_MARKER in logs or run.report.get("proc_environ", "").startswith("ESCAPED")
+    host["remount_rw"] = os.path.exists(targets["after_remount"])
+    host["symlink_write_out"] = os.path.exists(targets["symlink_target"])
+    host["symlink_left_for_host"] = os.path.islink(tree.run_dir / "metrics.json")
+    hl = tree.run_dir / "hl"
+    host["hardlink_secret"] = hl.exists() and T.KEY_MARKER in hl.read_text(errors="replace")
+    return run, host
+
+
+def _run_with_supervisor_pid(tree, backend, env):
+    env = dict(env, P_SUPERVISOR=T.SUPERVISOR_PID)  # the driver substitutes its own pid
+    return T.run_hostile(tree, PROBE, backend, env=env)
+
+
+def _cleanup_host():
+    for p in (f"/etc/sbx-escape-{TAG}", f"/tmp/sbx-escape-{TAG}"):
+        try:
+            os.unlink(p)
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module", params=_backend_params())
+def probe(request, tmp_path_factory, listener):
+    backend = _effective(request.param)
+    tree = T.Tree.make(tmp_path_factory.mktemp(f"probe-{request.param}"))
+    try:
+        run, host = _probe(tree, listener, backend, harmless=(backend == "none"))
+    finally:
+        _cleanup_host()
+    yield request.param, run, host
+
+
+@pytest.mark.parametrize("check", CHECKS)
+def test_escape_blocked(probe, check):
+    backend, run, host = probe
+    assert run.result is not None, f"driver failed: {run.driver_stderr[-2000:]}"
+    assert run.result["status"] == "exited" and run.result["returncode"] == 0, (run.result, run.stderr[-2000:])
+    assert run.report, f"probe printed no report: {run.stdout[-1000:]} {run.stderr[-2000:]}"
+    probe_says = run.report.get(check, "not attempted")
+    if backend == "landlock" and check in LANDLOCK_GAPS and not NEGATIVE:
+        if probe_says.startswith("ESCAPED") or host.get(check):
+            pytest.xfail(f"known Landlock-tier gap: {LANDLOCK_GAPS[check]}")
+    escaped = host.get(check, False) or (check not in HOST_ONLY and probe_says.startswith("ESCAPED"))
+    assert not escaped, f"[{backend}] {check}: probe says {probe_says!r}; host evidence {host.get(check)}"
+
+
+def test_result_reports_backend_and_no_network(probe):
+    backend, run, _ = probe
+    assert run.result["backend"] == _effective(backend)
+    assert run.result["network"] is False
+    assert run.result["isolation"]["backend"] == _effective(backend)
+
+
+def test_symlink_removed_and_reported(probe):
+    backend, run, _ = probe
+    if NEGATIVE:
+        pytest.skip("negative control")
+    assert any("evil_link" in w or "metrics.json" in w for w in run.result["warnings"]), run.result["warnings"]
+
+
+# ----------------------------------------------------------------------------- negative control
+def test_negative_control_none_escapes(tmp_path, listener):
+    """With isolation off (backend 'none') the same probe DOES get out: the suite can fail."""
+    tree = T.Tree.make(tmp_path / "neg")
+    try:
+        run, host = _probe(tree, listener, "none", harmless=True)
+    finally:
+        _cleanup_host()
+    assert run.result and run.result["status"] == "exited", (run.result, run.driver_stderr[-2000:])
+    assert "NOT ISOLATED" in " ".join(run.result["warnings"])
+    must_escape = ["tcp_localhost", "udp", "unix_tmp", "write_home", "write_dataset", "write_git", "write_harness",
+                   "write_tmp", "modify_dataset", "read_ssh_key", "read_git_config", "proc_environ"]
+    if os.getuid() == 0:
+        must_escape.append("write_etc")
+    not_escaped = [c for c in must_escape if not host.get(c)]
+    assert not not_escaped, f"negative control did not escape on {not_escaped}: {run.report}"
+    # the clean environment still holds without isolation
+    assert not host["env_secret"]
+
+
+# ----------------------------------------------------------------------------- limits and tree kill
+FORK_BOMB = r'''
+import os, sys, time
+print("bomb", flush=True)
+n = 0
+while True:
+    try:
+        os.fork()
+        n += 1
+    except OSError:
+        time.sleep(0.01)
+'''
+
+
+@pytest.mark.parametrize("backend", _backend_params())
+def test_fork_bomb_contained(tmp_path, backend):
+    backend = _effective(backend)
+    marker = f"BOMB-{uuid.uuid4().hex[:8]}"
+    from sandbox._cgroup import RunCgroups
+    probe_cg = RunCgroups.create(64, None)
+    limited = probe_cg.pids_limited or os.getuid() != 0
+    probe_cg.cleanup()
+    if not limited:
+        pytest.skip("no pids cgroup and running as root: a fork bomb would only be stopped by the watchdog")
+    tree = T.Tree.make(tmp_path / "t")
+    try:
+        run = T.run_hostile(tree, FORK_BOMB, backend, args=(marker,),
+                            limits={"wall_seconds": 3.0, "max_processes": 64})
+        assert run.result is not None, run.driver_stderr[-2000:]
+        assert run.result["status"] in ("timeout", "error"), run.result
+        left = T.wait_gone(marker, 5)
+        assert not left, f"fork bomb processes survived: {left}"
+    finally:
+        T.kill_marked(marker)
+
+
+MEMORY_HOG = r'''
+import sys
+chunks = []
+for i in range(32):
+    chunks.append(b"\x01" * (64 << 20))   # touched pages
+    print("allocated", (i + 1) * 64, "MiB", flush=True)
+print("HOG-SUCCEEDED", flush=True)
+'''
+
+
+@pytest.mark.parametrize("backend", _backend_params())
+def test_memory_hog_stopped(tmp_path, backend):
+    backend = _effective(backend)
+    tree = T.Tree.make(tmp_path / "t")
+    run = T.run_hostile(tree, MEMORY_HOG, backend, limits={"wall_seconds": 30.0, "memory_bytes": 300 << 20})
+    assert run.result is not None, run.driver_stderr[-2000:]
+    assert "HOG-SUCCEEDED" not in run.stdout
+    assert run.result["status"] in ("memory", "exited"), run.result
+    assert run.result["status"] == "memory" or run.result["returncode"] != 0
+    if run.result["peak_memory_bytes"]:
+        assert run.result["peak_memory_bytes"] < 600 << 20
+
+
+SETSID_ESCAPE = r'''
+import os, signal, sys, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        while True:
+            time.sleep(0.2)
+    os._exit(0)
+print("started grandchild", flush=True)
+while True:
+    time.sleep(0.2)
+'''
+
+
+@pytest.mark.parametrize("backend", _backend_params())
+def test_setsid_grandchild_dies_on_timeout(tmp_path, backend):
+    backend = _effective(backend)
+    marker = f"SETSID-{uuid.uuid4().hex[:8]}"
+    tree = T.Tree.make(tmp_path / "t")
+    try:
+        run = T.run_hostile(tree, SETSID_ESCAPE, backend, args=(marker,), limits={"wall_seconds": 1.5})
+        assert run.result is not None, run.driver_stderr[-2000:]
+        assert run.result["status"] == "timeout", run.result
+        assert not T.wait_gone(marker, 3), "setsid'd double-forked grandchild outlived the timeout"
+    finally:
+        T.kill_marked(marker)
+
+
+@pytest.mark.parametrize("backend", _backend_params())
+def test_grandchild_dies_when_supervisor_is_killed(tmp_path, backend):
+    backend = _effective(backend)
+    marker = f"ORPHAN-{uuid.uuid4().hex[:8]}"
+    tree = T.Tree.make(tmp_path / "t")
+    spec = T.spec_for(tree, SETSID_ESCAPE, backend, args=(marker,), limits={"wall_seconds": 60.0})
+    drv = T.start_driver(tree, spec)
+    try:
+        deadline = time.monotonic() + 20
+        while len(T.processes_with(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(T.processes_with(marker)) >= 2, drv.stderr.read() if drv.poll() is not None else "not started"
+        drv.send_signal(signal.SIGKILL)
+        drv.wait(5)
+        left = T.wait_gone(marker, 8)
+        assert not left, f"processes outlived their SIGKILLed supervisor: {left}"
+    finally:
+        drv.kill()
+        drv.communicate()
+        T.kill_marked(marker)
+
+
+LOG_FLOOD = r'''
+import sys
+chunk = b"x" * (8 << 20)
+out = sys.stdout.buffer
+for i in range(128):              # 1 GiB
+    out.write(chunk)
+out.write(b"\nEND-OF-FLOOD\n")
+out.flush()
+sys.stderr.write("stderr still works\n")
+'''
+
+
+@pytest.mark.parametrize("backend", _backend_params())
+def test_log_flood_capped(tmp_path, backend):
+    backend = _effective(backend)
+    tree = T.Tree.make(tmp_path / "t")
+    t0 = time.monotonic()
+    run = T.run_hostile(tree, LOG_FLOOD, backend, limits={"wall_seconds": 60.0, "log_bytes": 1 << 20})
+    took = time.monotonic() - t0
+    assert run.result is not None, run.driver_stderr[-2000:]
+    assert run.result["status"] == "exited" and run.result["returncode"] == 0, run.result
+    size = (tree.run_dir / "stdout.log").stat().st_size
+    assert size <= (1 << 20) + 512, size
+    assert run.result["log_truncated"]["stdout"] is True
+    assert "END-OF-FLOOD" in run.stdout  # the tail is kept
+    assert "stderr still works" in run.stderr
+    assert took < 45
+
+
+SLEEPER = "import time\nprint('sleeping', flush=True)\ntime.sleep(120)\n"
+
+
+@pytest.mark.parametrize("backend", _backend_params())
+def test_cancel_kills_tree(tmp_path, backend):
+    from sandbox import Limits, SandboxPolicy, launch
+
+    backend = _effective(backend)
+    marker = f"CANCEL-{uuid.uuid4().hex[:8]}"
+    tree = T.Tree.make(tmp_path / "t")
+    (tree.code / "train.py").write_text(SETSID_ESCAPE)
+    pol = SandboxPolicy(argv=[os.path.normpath(os.sys.executable), "train.py", marker], cwd=tree.code,
+                        run_dir=tree.run_dir, read_only=[tree.code], gpu=False,
+                        limits=Limits(wall_seconds=60, kill_grace_seconds=0.5))
+    proc = launch(pol, backend=backend)
+    try:
+        deadline = time.monotonic() + 20
+        while len(T.processes_with(marker)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        proc.cancel()
+        res = proc.wait(15)
+        assert res.status == "cancelled"
+        assert time.monotonic() - t0 < 6
+        assert not T.wait_gone(marker, 3)
+    finally:
+        T.kill_marked(marker)
