@@ -38,7 +38,7 @@ def _set_concurrency(ws, n):
 def _all_settled(ws):
     lab = Lab.open(ws)
     try:
-        return not lab.store.experiments_with_status("queued", "running", "submitting")
+        return not lab.store.experiments_with_status("queued", "running")
     finally:
         lab.close()
 

@@ -12,7 +12,8 @@ def test_snapshot_leaves_branch_and_index_alone(toy_ws):
     head_before = ws.head()
     (toy_ws / "train.py").write_text((toy_ws / "train.py").read_text() + "\n# change A\n")
     (toy_ws / "notes.txt").write_text("untracked scratch")
-    commit = ws.snapshot(1, "experiment 1")
+    commit = ws.snapshot("experiment 1")
+    ws.set_experiment_ref(1, commit)
     assert ws.head() == head_before  # the user's branch did not move
     assert _git(toy_ws, "diff", "--cached", "--name-only") == ""  # nor their staging area
     assert ws.ref("refs/autoresearch/exp/1") == commit
@@ -24,10 +25,10 @@ def test_snapshot_leaves_branch_and_index_alone(toy_ws):
 def test_restore_makes_bytes_equal_and_touches_nothing_else(toy_ws):
     ws = Workspace(toy_ws, ["train.py"])
     original = (toy_ws / "train.py").read_bytes()
-    first = ws.snapshot(1, "one")
+    first = ws.snapshot("one")
     (toy_ws / "train.py").write_bytes(original + b"LR = 99\n")
     (toy_ws / "other.txt").write_text("keep me")
-    ws.snapshot(2, "two")
+    ws.snapshot("two")
     assert ws.restore(first) == ["train.py"]
     assert (toy_ws / "train.py").read_bytes() == original
     assert (toy_ws / "other.txt").read_text() == "keep me"

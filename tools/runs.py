@@ -41,16 +41,14 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
     best = lab.store.best_experiment(cfg.direction)
     config = {"command": cfg.command, "time_budget_s": budget, "params": params,
               "workspace": cfg.model_dump(mode="json")}
+    # Commit first, then record the row already 'queued' with its commit: a submitter killed at
+    # any point leaves either nothing or a complete queued run, never a half-made one.
+    commit = lab.workspace.snapshot(f"experiment: {description}\n\n{hypothesis or ''}".strip())
     exp_id = lab.store.insert_experiment(
-        status="submitting", description=description, hypothesis=hypothesis, time_budget_s=budget,
-        parent_id=best["id"] if best else None, config_json=json.dumps(config), params_json=json.dumps(params))
-    try:
-        commit = lab.workspace.snapshot(exp_id, f"experiment {exp_id}: {description}\n\n{hypothesis or ''}".strip())
-    except BaseException as exc:
-        lab.store.update_experiment(exp_id, status="failed", error=f"snapshot failed: {exc}", finished_at=time.time())
-        raise
-    run_dir = lab.run_dir(exp_id)
-    lab.store.update_experiment(exp_id, status="queued", snapshot_commit=commit, run_dir=str(run_dir))
+        status="queued", description=description, hypothesis=hypothesis, time_budget_s=budget,
+        parent_id=best["id"] if best else None, config_json=json.dumps(config), params_json=json.dumps(params),
+        snapshot_commit=commit, run_dir_of=lambda i: str(lab.run_dir(i)))
+    lab.workspace.set_experiment_ref(exp_id, commit)
     ensure_supervisor(lab)
     return exp_id
 
@@ -152,6 +150,7 @@ def run_claimed(lab: Lab, exp: dict, should_cancel) -> None:
     code_dir = run_dir / "code"
     code_dir.mkdir(parents=True, exist_ok=True)
     try:
+        lab.workspace.set_experiment_ref(exp_id, exp["snapshot_commit"])  # idempotent; see submit
         lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
         try:
             policy = sandbox_policy(lab, exp, run_dir, code_dir)
@@ -291,7 +290,7 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
                           best_id_at_verdict=best["id"] if best else None, kept=int(v.keep))
             store.replace_metrics(exp_id, metric_rows(metrics), conn)
         store.replace_steps(exp_id, steps, conn)
-        updated = store.update_experiment(exp_id, conn=conn, only_if_status=("running", "queued", "submitting"),
+        updated = store.update_experiment(exp_id, conn=conn, only_if_status=("running", "queued"),
                                           **fields)
     if updated and fields.get("kept") and exp["snapshot_commit"]:
         lab.workspace.advance_best(exp["snapshot_commit"])
@@ -319,8 +318,8 @@ def request_cancel(lab: Lab, exp_id: int) -> str:
     exp = lab.store.get_experiment(exp_id)
     if exp is None:
         raise ToolError(f"experiment_id={exp_id} does not exist. Fix: pick an id from read_results.")
-    if exp["status"] in ("queued", "submitting"):
-        if lab.store.update_experiment(exp_id, only_if_status=("queued", "submitting"), status="cancelled",
+    if exp["status"] == "queued":
+        if lab.store.update_experiment(exp_id, only_if_status=("queued",), status="cancelled",
                                        finished_at=time.time(), error="cancelled before it started"):
             return "cancelled"
         exp = lab.store.get_experiment(exp_id)
@@ -363,19 +362,13 @@ def recover(lab: Lab, *, kick: bool = True) -> list[int]:
     """Settle runs whose supervisor died: record them from the run dir, or mark them interrupted.
     With kick, start a supervisor for runs still queued (a supervisor itself passes kick=False)."""
     settled = []
-    for exp in lab.store.experiments_with_status("running", "submitting"):
-        if exp["status"] == "running" and supervisor_alive(lab, exp["supervisor_pid"]):
+    for exp in lab.store.experiments_with_status("running"):
+        if supervisor_alive(lab, exp["supervisor_pid"]):
             continue
-        if exp["status"] == "submitting" and time.time() - exp["created_at"] < 60:
-            continue  # another process is in the middle of submitting it
-        if exp["status"] == "submitting":
-            lab.store.update_experiment(exp["id"], only_if_status=("submitting",), status="interrupted",
-                                        finished_at=time.time(), error="interrupted while being submitted")
-        else:
-            record_from_run_dir(lab, exp["id"], recovered=True)
-            row = lab.store.get_experiment(exp["id"])
-            if row["status"] == "interrupted":
-                lab.store.update_experiment(exp["id"], error=f"the supervisor died before the run finished: {row['error']}")
+        record_from_run_dir(lab, exp["id"], recovered=True)
+        row = lab.store.get_experiment(exp["id"])
+        if row["status"] == "interrupted":
+            lab.store.update_experiment(exp["id"], error=f"the supervisor died before the run finished: {row['error']}")
         settled.append(exp["id"])
     if kick and lab.store.count_experiments("queued"):
         ensure_supervisor(lab)

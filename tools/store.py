@@ -146,14 +146,18 @@ class Store:
                 conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, time.time()))
 
     # -- experiments ---------------------------------------------------------------------
-    def insert_experiment(self, **fields: Any) -> int:
+    def insert_experiment(self, *, run_dir_of=None, **fields: Any) -> int:
+        """Insert one experiment; run_dir_of(id) fills run_dir in the same transaction."""
         fields.setdefault("created_at", time.time())
         fields.setdefault("status", "queued")
         cols = list(fields)
         _check_columns(cols)
         sql = f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
         with self.transaction() as conn:
-            return conn.execute(sql, [fields[c] for c in cols]).lastrowid
+            exp_id = conn.execute(sql, [fields[c] for c in cols]).lastrowid
+            if run_dir_of is not None:
+                conn.execute("UPDATE experiments SET run_dir = ? WHERE id = ?", (run_dir_of(exp_id), exp_id))
+            return exp_id
 
     def update_experiment(self, experiment_id: int, *, only_if_status: tuple[str, ...] | None = None,
                           conn: sqlite3.Connection | None = None, **fields: Any) -> bool:

@@ -63,8 +63,9 @@ class Workspace:
         return self.head()
 
     # -- snapshots -----------------------------------------------------------------------
-    def snapshot(self, experiment_id: int, message: str) -> str:
-        """Commit the current editable files (on top of HEAD's tree) to refs/autoresearch/exp/<id>."""
+    def snapshot(self, message: str) -> str:
+        """Commit the current editable files on top of HEAD's tree; no branch or index moves.
+        The commit is reachable once set_experiment_ref names it."""
         missing = [p for p in self.editable if not (self.root / p).is_file()]
         if len(missing) == len(self.editable):
             raise ToolError(f"none of the editable files exist ({', '.join(missing)}). "
@@ -81,9 +82,10 @@ class Workspace:
                 self.git("rm", "-q", "--cached", "--ignore-unmatch", "--", *gone, env=env)
             tree = self.git("write-tree", env=env).strip()
         parents = ["-p", head] if head else []
-        commit = self.git("commit-tree", tree, *parents, "-m", message).strip()
+        return self.git("commit-tree", tree, *parents, "-m", message).strip()
+
+    def set_experiment_ref(self, experiment_id: int, commit: str) -> None:
         self.git("update-ref", EXP_REF.format(id=experiment_id), commit)
-        return commit
 
     def advance_best(self, commit: str) -> None:
         self.git("update-ref", BEST_REF, commit)
