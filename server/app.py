@@ -265,3 +265,7 @@ def serve(root: Path | str) -> None:
         anyio.run(mcp.run_stdio_async, backend_options={"use_uvloop": True})
     except ImportError:
         anyio.run(mcp.run_stdio_async)
+
+
+# Tools that live in their own modules register themselves on `mcp` when imported.
+from server import integrity, research  # noqa: E402,F401
