@@ -20,7 +20,7 @@ DATA_DIR = "data/synthetic-prints"
 def available_presets() -> list[str]:
     try:
         from model.presets import list_presets
-        return [*list_presets(), TOY]
+        return [*(p["name"] for p in list_presets()), TOY]
     except ImportError:
         return [TOY]
 
@@ -47,6 +47,15 @@ def prepare_data(data_dir: Path, preset: str) -> None:
         raise ToolError(f"preparing the dataset in {data_dir} failed:\n{proc.stderr[-2000:]}")
 
 
+def test_annotations_of(data_path: Path) -> Path | None:
+    """Where the dataset keeps its held-out test annotations (hidden from every agent run)."""
+    from model.odvg import ODVGError, resolve_dataset  # torch-free
+    try:
+        return resolve_dataset(data_path).test
+    except ODVGError:
+        return None
+
+
 def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None, time_budget_s: float | None = None,
                    client_names: list[str] | None = None, force: bool = False) -> Path:
     root = Path(root).resolve()
@@ -63,15 +72,15 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
     if preset != TOY:
         if data is None:
             data_path = root / DATA_DIR
-            prepare_data(data_path, preset)
             data = DATA_DIR
         else:
             data_path = Path(data).expanduser().resolve()
             if not data_path.is_dir():
                 raise ToolError(f"--data {data!r} is not a folder. Fix: point it at a dataset root (see README).")
             data = str(data_path)
-        test = data_path / "heldout" / "test.jsonl"
-        if test.exists():
+        prepare_data(data_path, preset)  # generates synthetic prints only where there is no dataset
+        test = test_annotations_of(data_path)
+        if test is not None and test.exists():
             test_annotations = str(test.relative_to(root)) if test.is_relative_to(root) else str(test)
     budget = time_budget_s or (10 if preset == TOY else 120 if preset in ("tiny", "replay") else 900)
 

@@ -1,0 +1,55 @@
+"""The `autoresearch` command line, as a user types it (real subprocesses)."""
+
+import json
+import subprocess
+import sys
+
+
+def ar(*args, cwd=None, check=True):
+    proc = subprocess.run([sys.executable, "-m", "server.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+    if check:
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_init_run_results_revert_note_audit(tmp_path):
+    ws = tmp_path / "lab"
+    out = ar("init", str(ws), "--preset", "toy", "--client", "vscode").stdout
+    assert "workspace ready" in out
+    for f in ("autoresearch.toml", "train.py", "AGENTS.md", ".mcp.json", ".claude/settings.json",
+              ".vscode/mcp.json", ".gitignore"):
+        assert (ws / f).is_file(), f
+    assert json.loads((ws / ".mcp.json").read_text())["mcpServers"]["autoresearch"]["args"][-1] == str(ws)
+    again = ar("init", str(ws), "--preset", "toy", check=False)
+    assert again.returncode == 2 and "already a workspace" in again.stderr
+
+    r = ar("run", "-m", "baseline", cwd=ws)
+    assert "succeeded, verdict baseline" in r.stdout
+    original = (ws / "train.py").read_bytes()
+    (ws / "train.py").write_text("raise SystemExit('broken on purpose')\n")
+    r = ar("run", "-m", "broken", cwd=ws, check=False)
+    assert r.returncode == 1 and "broken on purpose" in r.stdout
+
+    table = ar("results", cwd=ws).stdout
+    assert "2 experiments" in table and "failed" in table and "baseline" in table
+    rows = json.loads(ar("results", "--json", "--order-by", "objective", cwd=ws).stdout)["rows"]
+    assert rows[0]["id"] == 1 and rows[0]["kept"]
+
+    ar("revert", "best", cwd=ws)
+    assert (ws / "train.py").read_bytes() == original
+    ar("note", "baseline is fine", "--experiment", "1", "--tag", "baseline", cwd=ws)
+    assert "baseline is fine" in ar("notes", "--tag", "baseline", cwd=ws).stdout
+
+    bad = ar("revert", "77", cwd=ws, check=False)
+    assert bad.returncode == 2 and "experiment_id=77 does not exist" in bad.stderr
+    bad = ar("run", "-m", "x", cwd=ws, check=False)  # description too short
+    assert bad.returncode == 2 and "description" in bad.stderr
+    bad = ar("results", cwd=tmp_path, check=False)
+    assert bad.returncode == 2 and "autoresearch init" in bad.stderr
+
+
+def test_doctor_reports_the_backend():
+    out = ar("doctor", "--json").stdout
+    report = json.loads(out)
+    assert report.get("backend") or report.get("chosen")
