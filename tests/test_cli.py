@@ -53,3 +53,9 @@ def test_doctor_reports_the_backend():
     out = ar("doctor", "--json").stdout
     report = json.loads(out)
     assert report.get("backend") or report.get("chosen")
+
+
+def test_server_process_stays_light():
+    code = "import sys, server.app, server.cli; print(sorted(m for m in ('torch', 'open_clip', 'numpy') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -120,3 +120,11 @@ def test_recover_records_finished_and_interrupts_dead_runs(lab):
     row = lab.store.get_experiment(dead)
     assert row["status"] == "interrupted" and "supervisor died" in row["error"]
     assert runs.recover(lab) == []
+
+
+def test_unisolated_backend_is_reported_loudly(lab):
+    toml = lab.root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('sandbox = "auto"', 'sandbox = "none"'))
+    s = ex.run_experiment(lab, "no isolation on purpose", params={"STEPS": 5})
+    assert s.status == "succeeded" and s.sandbox == "none"
+    assert s.warnings and any("NOT ISOLATED" in w for w in s.warnings)

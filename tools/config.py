@@ -44,8 +44,9 @@ class WorkspaceConfig(BaseModel):
                                    description="extra wall time after the budget for eval and writing metrics")
     data: str | None = Field(None, description="dataset root (read-only inside runs)")
     test_annotations: str | None = Field(None, description="held-out test annotations, never mounted into agent runs")
-    sandbox: Literal["auto", "strict", "landlock", "none"] = Field(
-        "auto", description="auto: best available; strict: refuse without bwrap; none: no isolation (not advised)")
+    sandbox: Literal["auto", "strict", "bwrap", "landlock", "none"] = Field(
+        "auto", description="auto: best available; strict: refuse without bwrap; bwrap|landlock|none: exactly that "
+                            "backend (none = no isolation, not advised)")
     network: bool = False
     memory_limit_gb: float | None = Field(None, gt=0, le=4096)
     max_processes: int = Field(512, ge=8, le=100_000)
@@ -94,7 +95,7 @@ max_time_budget_s = 3600
 timeout_grace_s = 60               # extra wall time for eval; the run is killed after budget + grace
 data = "{data}"                    # read-only inside every run
 {test_line}   # never visible to agent runs
-sandbox = "auto"                   # auto | strict (refuse without bubblewrap) | landlock | none
+sandbox = "auto"                   # auto | strict (refuse without bubblewrap) | bwrap | landlock | none
 network = false
 concurrency = 1                    # runs at a time on this machine
 noise_sigma = 2.0                  # 'improved' must beat the best by this many sigma of the noise

@@ -77,6 +77,9 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
         out.duration_s = _round(p.elapsed if p.elapsed is not None else time.time() - (exp["started_at"] or time.time()))
     if exp["status"] in ("failed", "timeout", "interrupted", "cancelled"):
         out.error = exp["error"]
+    sandbox_info = json.loads(exp["config_json"] or "{}").get("sandbox") or {}
+    if sandbox_info.get("warnings"):
+        out.warnings = [str(w)[:300] for w in sandbox_info["warnings"]]
     out.next = _next_hint(exp)
     return out
 

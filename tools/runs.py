@@ -133,7 +133,7 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path):
     test = lab.test_annotations()
     if test is not None:
         hidden.append(test)
-    min_backend = {"auto": "none", "none": "none", "landlock": "landlock", "strict": "bwrap"}[cfg.sandbox]
+    min_backend = {"auto": "none", "none": "none", "landlock": "landlock", "bwrap": "bwrap", "strict": "bwrap"}[cfg.sandbox]
     limits = Limits(wall_seconds=budget + cfg.timeout_grace_s, max_processes=cfg.max_processes,
                     memory_bytes=int(cfg.memory_limit_gb * 2**30) if cfg.memory_limit_gb else None)
     return SandboxPolicy(argv=lab.command_argv(), cwd=code_dir, run_dir=run_dir, read_only=read_only,
@@ -154,7 +154,8 @@ def run_claimed(lab: Lab, exp: dict, should_cancel) -> None:
         lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
         try:
             policy = sandbox_policy(lab, exp, run_dir, code_dir)
-            proc = launch(policy)
+            forced = lab.config.sandbox if lab.config.sandbox in ("bwrap", "landlock", "none") else None
+            proc = launch(policy, backend=forced)
         except SandboxUnavailable as exc:
             record(lab, exp_id, status="failed", error=f"sandbox refused: {exc}")
             return

@@ -41,6 +41,7 @@ class RunSummary(BaseModel):
     duration_s: float | None = None
     peak_memory_gb: float | None = None
     sandbox: str | None = None
+    warnings: list[str] | None = Field(None, description="e.g. the run was NOT isolated")
     step: int | None = None
     loss: float | None = None
     verdict_reason: str | None = None

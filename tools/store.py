@@ -93,6 +93,16 @@ MIGRATIONS: list[str] = [
         files TEXT NOT NULL              -- JSON list of restored paths
     );
     """,
+    # 2: full-text search over experiments (issue 6). A derived index (rowid = experiments.id) that
+    # tools.search fills lazily: description, hypothesis, the notes linked to the run, and the
+    # changed lines of its snapshot diff; notes_max_id tells when a run's notes changed.
+    """
+    CREATE VIRTUAL TABLE experiments_fts USING fts5(
+        description, hypothesis, notes, diff,
+        notes_max_id UNINDEXED,
+        tokenize = 'porter unicode61'
+    );
+    """,
 ]
 
 TERMINAL_STATUSES = ("succeeded", "failed", "timeout", "cancelled", "interrupted")

@@ -1,0 +1,178 @@
+"""search_experiments: SQLite FTS5 over what each experiment was (description, hypothesis), what was
+said about it (its notes) and what it changed (the changed lines of its snapshot diff).
+
+The index (`experiments_fts`, migration 2) is derived data, filled lazily: each search first indexes
+the experiments that are new or whose notes changed since they were indexed. User text never
+reaches FTS5 as syntax: every term is quoted, so no query can raise an FTS syntax error.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field
+
+from tools.errors import ToolError
+from tools.experiments import validate
+from tools.lab import Lab
+from tools.schemas import Status
+
+COLUMNS = ("description", "hypothesis", "notes", "diff")
+WEIGHTS = (4.0, 2.0, 2.0, 1.0, 0.0)  # bm25 weight per column (the last is notes_max_id, unindexed)
+MAX_TERMS = 12
+MAX_INDEX_PER_CALL = 500    # ~4 ms of git per experiment: a first search over a big history stays bounded
+MAX_NOTES_CHARS = 20_000
+MAX_DIFF_CHARS = 20_000
+
+Query = Annotated[str, Field(min_length=1, max_length=200,
+                             description="words to find, e.g. 'warmup LR'; all must match (falls back to any); "
+                                         "'warm*' matches a prefix")]
+Verdict = Literal["baseline", "improved", "not_improved", "inconclusive"]
+SearchLimit = Annotated[int, Field(10, ge=1, le=50, description="hits to return (at most 50)")]
+
+
+class SearchHit(BaseModel):
+    id: int
+    status: str
+    verdict: str | None
+    objective: float | None
+    delta: float | None
+    kept: bool
+    description: str
+    matched_in: list[str] = Field(description="fields that hold the terms: description, hypothesis, notes, diff")
+    snippet: str = Field(description="the best-matching passage, terms in [brackets]")
+
+
+class SearchPage(BaseModel):
+    query: str = Field(description="the FTS5 query that ran (terms quoted)")
+    mode: Literal["all terms", "any term"]
+    total: int = Field(description="matching experiments (hits shows at most `limit`)")
+    hits: list[SearchHit]
+    indexed_now: int = Field(description="experiments (re)indexed by this call")
+    not_indexed: int = Field(0, description="experiments still waiting to be indexed (search again to include them)")
+
+
+# -- query handling ------------------------------------------------------------------------
+def fts_terms(query: str) -> list[str]:
+    """User text -> quoted FTS5 terms. Quotes are doubled inside a term; a trailing * is a prefix."""
+    terms = []
+    for raw in query.split():
+        prefix = raw.endswith("*")
+        word = raw.rstrip("*").strip("\"'()[]{}:^,;")
+        if not re.search(r"\w", word):
+            continue
+        terms.append('"' + word.replace('"', '""') + '"' + ("*" if prefix else ""))
+    return terms[:MAX_TERMS]
+
+
+# -- indexing ------------------------------------------------------------------------------
+def changed_lines(diff: str) -> str:
+    """Only the + and - lines of a unified diff: context lines would make every run match its parent."""
+    lines = [ln for ln in diff.splitlines()
+             if ln[:1] in "+-" and not ln.startswith(("+++", "---"))]
+    return "\n".join(lines)[:MAX_DIFF_CHARS]
+
+
+def refresh_index(lab: Lab, max_items: int = MAX_INDEX_PER_CALL) -> tuple[int, int]:
+    """Index new experiments and re-index those with new notes; returns (indexed, still pending)."""
+    db = lab.store.db.conn
+    stale = db.execute(
+        """WITH nm AS (SELECT experiment_id, max(id) AS m FROM notes
+                       WHERE experiment_id IS NOT NULL GROUP BY experiment_id)
+           SELECT e.id, coalesce(nm.m, 0), f.rowid IS NOT NULL, f.diff
+           FROM experiments e
+           LEFT JOIN nm ON nm.experiment_id = e.id
+           LEFT JOIN experiments_fts f ON f.rowid = e.id
+           WHERE f.rowid IS NULL OR coalesce(f.notes_max_id, 0) != coalesce(nm.m, 0)
+           ORDER BY e.id""").fetchall()
+    todo, pending = stale[:max_items], max(0, len(stale) - max_items)
+    rows = []
+    for exp_id, notes_max, was_indexed, old_diff in todo:
+        exp = lab.store.get_experiment(exp_id)
+        diff = old_diff if was_indexed else _snapshot_diff(lab, exp)  # a snapshot never changes
+        notes = db.execute("SELECT text FROM notes WHERE experiment_id = ? ORDER BY id", [exp_id]).fetchall()
+        rows.append((exp_id, exp["description"], exp["hypothesis"] or "",
+                     "\n".join(t for (t,) in notes)[:MAX_NOTES_CHARS], diff or "", notes_max))
+    if rows:
+        with lab.store.transaction() as conn:
+            conn.executemany("DELETE FROM experiments_fts WHERE rowid = ?", [(r[0],) for r in rows])
+            conn.executemany("INSERT INTO experiments_fts (rowid, description, hypothesis, notes, diff, notes_max_id) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
+    return len(rows), pending
+
+
+def _snapshot_diff(lab: Lab, exp: dict) -> str:
+    if not exp["snapshot_commit"]:
+        return ""
+    parent = lab.store.get_experiment(exp["parent_id"]) if exp["parent_id"] else None
+    base = parent["snapshot_commit"] if parent else None
+    try:
+        return changed_lines(lab.workspace.diff(base, exp["snapshot_commit"], max_chars=4 * MAX_DIFF_CHARS))
+    except ToolError:  # a snapshot lost from git (gc'd ref): index the text fields anyway
+        return ""
+
+
+# -- search --------------------------------------------------------------------------------
+def search_experiments(lab: Lab, query: str, status: str | None = None, verdict: str | None = None,
+                       limit: int = 10) -> SearchPage:
+    query = validate("query", Query, query)
+    status = validate("status", Status | None, status)
+    verdict = validate("verdict", Verdict | None, verdict)
+    limit = validate("limit", SearchLimit, limit)
+    terms = fts_terms(query)
+    if not terms:
+        raise ToolError(f"query={query!r} has no words to search for. Fix: pass words or numbers, e.g. 'warmup lr'.")
+    indexed, pending = refresh_index(lab)
+
+    filters, fargs = "", []
+    if status:
+        filters += " AND e.status = ?"
+        fargs.append(status)
+    if verdict:
+        filters += " AND e.verdict = ?"
+        fargs.append(verdict)
+    mode: Literal["all terms", "any term"] = "all terms"
+    fts_query = " ".join(terms)
+    total = _count(lab, fts_query, filters, fargs)
+    if total == 0 and len(terms) > 1:
+        mode, fts_query = "any term", " OR ".join(terms)
+        total = _count(lab, fts_query, filters, fargs)
+    weights = ", ".join(str(w) for w in WEIGHTS)
+    rows = lab.store.db.conn.execute(
+        f"""SELECT e.id, e.status, e.verdict, e.objective, e.delta, e.kept, e.description,
+                   snippet(experiments_fts, -1, '[', ']', '…', 12)
+            FROM experiments_fts f JOIN experiments e ON e.id = f.rowid
+            WHERE experiments_fts MATCH ?{filters}
+            ORDER BY bm25(experiments_fts, {weights}), e.id DESC LIMIT ?""",
+        [fts_query, *fargs, limit]).fetchall()
+    where = _matched_columns(lab, fts_query, [r[0] for r in rows])
+    hits = [SearchHit(id=r[0], status=r[1], verdict=r[2], objective=r[3], delta=r[4], kept=bool(r[5]),
+                      description=_clip(r[6], 120), matched_in=where.get(r[0], []),
+                      snippet=_clip(" ".join(r[7].split()), 240)) for r in rows]
+    return SearchPage(query=fts_query, mode=mode, total=total, hits=hits, indexed_now=indexed, not_indexed=pending)
+
+
+def _count(lab: Lab, fts_query: str, filters: str, fargs: list) -> int:
+    return lab.store.db.conn.execute(
+        f"SELECT count(*) FROM experiments_fts f JOIN experiments e ON e.id = f.rowid "
+        f"WHERE experiments_fts MATCH ?{filters}", [fts_query, *fargs]).fetchone()[0]
+
+
+def _matched_columns(lab: Lab, fts_query: str, ids: list[int]) -> dict[int, list[str]]:
+    """Which fields hold the terms, per hit: one column-filtered query per field (identifiers whitelisted)."""
+    out: dict[int, list[str]] = {}
+    if not ids:
+        return out
+    marks = ", ".join("?" for _ in ids)
+    for col in COLUMNS:
+        for (rowid,) in lab.store.db.conn.execute(
+                f"SELECT rowid FROM experiments_fts WHERE experiments_fts MATCH ? AND rowid IN ({marks})",
+                [f"{col} : ({fts_query})", *ids]):
+            out.setdefault(rowid, []).append(col)
+    return out
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
