@@ -32,7 +32,7 @@ json.dump({"objective": 1.0 + int(os.environ["AR_EXPERIMENT_ID"]) * 1e-3, "objec
 
 def _set_concurrency(ws, n):
     toml = ws / "autoresearch.toml"
-    toml.write_text(toml.read_text().replace("concurrency = 1", f"concurrency = {n}"))
+    toml.write_text(toml.read_text().replace('concurrency = "auto"', f"concurrency = {n}"))
 
 
 def _all_settled(ws):
@@ -153,3 +153,60 @@ def test_a_run_outlives_the_server_that_started_it(toy_ws):
         assert wait_until(lambda: lab.store.count_experiments("succeeded") == 1, timeout=30)
     finally:
         lab.close()
+
+
+def test_each_slot_gets_its_own_gpu(toy_ws):
+    (toy_ws / "train.py").write_text(
+        "import json, os, time\ntime.sleep(2)\n"
+        "json.dump({'objective': 1.0, 'cvd': float(os.environ['CUDA_VISIBLE_DEVICES'])},"
+        " open(os.path.join(os.environ['AR_RUN_DIR'], 'metrics.json'), 'w'))\n")
+    toml = toy_ws / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace("# gpus = [0, 1]", "gpus = [3, 5]"))
+    lab = Lab.open(toy_ws)
+    try:
+        from tools import experiments as ex
+        ids = [ex.submit_experiment(lab, f"gpu run {i}") for i in range(2)]
+        done = [ex.wait_for(lab, i) for i in ids]
+        assert all(d.status == "succeeded" for d in done), done
+        cvd = {ex.show_experiment(lab, i).metrics["cvd"] for i in ids}
+        assert cvd == {3.0, 5.0}
+    finally:
+        lab.close()
+
+
+def test_cancel_leaves_no_process_behind(toy_ws):
+    import uuid
+    marker = f"cancel-marker-{uuid.uuid4().hex}"
+    (toy_ws / "train.py").write_text(
+        "import subprocess, sys, time, os\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import os, time; os.setsid(); time.sleep(600)', '{marker}'])\n"
+        "open(os.path.join(os.environ['AR_RUN_DIR'], 'events.jsonl'), 'a').write('{\"step\": 1, \"loss\": 1.0}\\n')\n"
+        "time.sleep(600)\n")
+    lab = Lab.open(toy_ws)
+    try:
+        from tools import experiments as ex
+        from tools import runs
+        exp_id = ex.submit_experiment(lab, "to be cancelled")
+        assert wait_until(lambda: processes_with_marker(marker), timeout=30)
+        assert runs.request_cancel(lab, exp_id) == "cancelling"
+        s = ex.wait_for(lab, exp_id, timeout_s=30)
+        assert s.status == "cancelled"
+        assert wait_until(lambda: not processes_with_marker(marker), timeout=10)
+    finally:
+        lab.close()
+
+
+def test_a_client_that_gives_up_leaves_the_run_going(toy_ws):
+    (toy_ws / "train.py").write_text(QUICK_TRAIN.replace("SLEEP = 0.3", "SLEEP = 4"))
+    params = StdioServerParameters(command=sys.executable,
+                                   args=["-m", "server.cli", "serve", "--workspace", str(toy_ws)])
+
+    async def main():
+        async with Client(params) as c:
+            with pytest.raises(Exception, match="timed out"):
+                await c.call_tool("run_experiment", {"description": "client times out"}, read_timeout_seconds=2)
+            s = await c.call_tool("experiment_status", {"experiment_id": 1, "wait_s": 30})
+            return s.structured_content
+
+    s = anyio.run(main)
+    assert s["status"] == "succeeded", s

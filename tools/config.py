@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -50,7 +50,8 @@ class WorkspaceConfig(BaseModel):
     network: bool = False
     memory_limit_gb: float | None = Field(None, gt=0, le=4096)
     max_processes: int = Field(512, ge=8, le=100_000)
-    concurrency: int = Field(1, ge=1, le=64)
+    concurrency: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field("auto", description="runs at a time; auto: one per GPU, 1 on CPU")
+    gpus: list[int] | None = Field(None, description="GPU indices to hand out; None: every /dev/nvidiaN present")
     noise_sigma: float = Field(2.0, ge=0, le=10, description="improved only if better by this many sigma")
     keep_checkpoints: Literal["kept", "all", "none"] = "kept"
     search_space: dict[str, SearchParam] = Field(default_factory=dict)
@@ -63,6 +64,24 @@ class WorkspaceConfig(BaseModel):
             if pp.is_absolute() or ".." in pp.parts or p.startswith(".git") or p.startswith(STATE_DIR):
                 raise ValueError(f"editable path {p!r} must be relative, inside the workspace, not in .git or {STATE_DIR}")
         return paths
+
+
+def detect_gpus() -> list[int]:
+    """GPU indices from the device nodes (no torch, no nvidia-smi needed)."""
+    import glob
+    import re
+    found = (re.fullmatch(r"/dev/nvidia(\d+)", p) for p in glob.glob("/dev/nvidia*"))
+    return sorted(int(m.group(1)) for m in found if m)
+
+
+def gpu_slots(cfg: "WorkspaceConfig") -> list[int]:
+    return list(cfg.gpus) if cfg.gpus is not None else detect_gpus()
+
+
+def slot_count(cfg: "WorkspaceConfig") -> int:
+    if cfg.concurrency == "auto":
+        return max(1, len(gpu_slots(cfg)))
+    return cfg.concurrency
 
 
 def load_config(root: Path) -> WorkspaceConfig:
@@ -97,7 +116,8 @@ data = "{data}"                    # read-only inside every run
 {test_line}   # never visible to agent runs
 sandbox = "auto"                   # auto | strict (refuse without bubblewrap) | bwrap | landlock | none
 network = false
-concurrency = 1                    # runs at a time on this machine
+concurrency = "auto"               # runs at a time: "auto" = one per GPU (each its own CUDA_VISIBLE_DEVICES), 1 on CPU
+# gpus = [0, 1]                    # which GPUs to hand out (default: all)
 noise_sigma = 2.0                  # 'improved' must beat the best by this many sigma of the noise
 keep_checkpoints = "kept"
 {search_space_toml}'''

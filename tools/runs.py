@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.config import gpu_slots
 from tools.errors import ToolError
 from tools.lab import Lab, harness_dir
 
@@ -109,7 +110,7 @@ def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
 
 
 # -- running one experiment (inside the supervisor) ----------------------------------------
-def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path):
+def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int = 0):
     """The SandboxPolicy of one experiment: the single place that decides what a run may touch."""
     from sandbox import Limits, SandboxPolicy
 
@@ -136,12 +137,17 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path):
     min_backend = {"auto": "none", "none": "none", "landlock": "landlock", "bwrap": "bwrap", "strict": "bwrap"}[cfg.sandbox]
     limits = Limits(wall_seconds=budget + cfg.timeout_grace_s, max_processes=cfg.max_processes,
                     memory_bytes=int(cfg.memory_limit_gb * 2**30) if cfg.memory_limit_gb else None)
+    gpus = gpu_slots(cfg)
+    gpu = False
+    if gpus:  # each slot owns one GPU: its device node only, and CUDA_VISIBLE_DEVICES to match
+        gpu = [gpus[slot % len(gpus)]]
+        env["CUDA_VISIBLE_DEVICES"] = str(gpu[0])
     return SandboxPolicy(argv=lab.command_argv(), cwd=code_dir, run_dir=run_dir, read_only=read_only,
                          hidden=[h for h in hidden if h.exists()], env=env, network=cfg.network, limits=limits,
-                         min_backend=min_backend)
+                         gpu=gpu, min_backend=min_backend)
 
 
-def run_claimed(lab: Lab, exp: dict, should_cancel) -> None:
+def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
     """Run one claimed experiment to its end and record it. `should_cancel()` is polled."""
     from sandbox import SandboxUnavailable, launch
 
@@ -153,7 +159,7 @@ def run_claimed(lab: Lab, exp: dict, should_cancel) -> None:
         lab.workspace.set_experiment_ref(exp_id, exp["snapshot_commit"])  # idempotent; see submit
         lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
         try:
-            policy = sandbox_policy(lab, exp, run_dir, code_dir)
+            policy = sandbox_policy(lab, exp, run_dir, code_dir, slot)
             forced = lab.config.sandbox if lab.config.sandbox in ("bwrap", "landlock", "none") else None
             proc = launch(policy, backend=forced)
         except SandboxUnavailable as exc:

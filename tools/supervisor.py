@@ -15,6 +15,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from tools.config import slot_count
 from tools.lab import Lab
 from tools.runs import recover, run_claimed, supervisor_lock_path
 
@@ -24,7 +25,7 @@ def _slot(lab: Lab):
     """Yield a held slot lock file, or None when all slots are busy."""
     slots = lab.state_dir / "slots"
     slots.mkdir(parents=True, exist_ok=True)
-    for k in range(lab.config.concurrency):
+    for k in range(slot_count(lab.config)):
         f = open(slots / f"slot-{k}.lock", "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -63,7 +64,7 @@ def main(argv: list[str]) -> int:
                     if exp is None:
                         break
                     cancel_file = lab.run_dir(exp["id"]) / "cancel"
-                    run_claimed(lab, exp, should_cancel=lambda: bool(terminating) or cancel_file.exists())
+                    run_claimed(lab, exp, should_cancel=lambda: bool(terminating) or cancel_file.exists(), slot=slot)
             if terminating or not lab.store.count_experiments("queued"):
                 return 0
     finally:
