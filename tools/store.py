@@ -103,6 +103,54 @@ MIGRATIONS: list[str] = [
         tokenize = 'porter unicode61'
     );
     """,
+    # 3 (issue 7): seed reruns and reproductions, held-out test evaluations, integrity events, HPO trials
+    """
+    ALTER TABLE experiments ADD COLUMN rerun_of INTEGER REFERENCES experiments(id);  -- the original run
+    ALTER TABLE experiments ADD COLUMN rerun_kind TEXT;        -- seed (joins the noise group) | reproduce
+    ALTER TABLE experiments ADD COLUMN group_n INTEGER;        -- succeeded runs in this run's seed group
+    ALTER TABLE experiments ADD COLUMN group_objective REAL;   -- their mean objective (what verdicts use)
+    ALTER TABLE experiments ADD COLUMN group_std REAL;         -- the std of that mean (see tools/noise.py)
+    CREATE INDEX experiments_rerun_of ON experiments(rerun_of);
+    CREATE TABLE test_evaluations (
+        id INTEGER PRIMARY KEY,
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),
+        created_at REAL NOT NULL,
+        finished_at REAL,
+        status TEXT NOT NULL,            -- running|succeeded|failed|timeout|cancelled
+        requested_by TEXT NOT NULL,      -- cli|mcp
+        snapshot_commit TEXT NOT NULL,
+        objective REAL,
+        objective_std REAL,
+        metrics_json TEXT NOT NULL DEFAULT '{}',
+        run_dir TEXT,
+        sandbox_backend TEXT,
+        returncode INTEGER,
+        error TEXT
+    );
+    CREATE TABLE integrity_events (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        experiment_id INTEGER REFERENCES experiments(id),
+        kind TEXT NOT NULL,              -- test_split_access|harness_write|data_write|state_access|denied_access
+        path TEXT,
+        detail TEXT
+    );
+    CREATE TRIGGER integrity_events_no_update BEFORE UPDATE ON integrity_events
+        BEGIN SELECT RAISE(ABORT, 'integrity_events is append-only'); END;
+    CREATE TRIGGER integrity_events_no_delete BEFORE DELETE ON integrity_events
+        BEGIN SELECT RAISE(ABORT, 'integrity_events is append-only'); END;
+    CREATE TABLE hpo_trials (
+        id INTEGER PRIMARY KEY,
+        created_at REAL NOT NULL,
+        study TEXT NOT NULL,
+        trial_number INTEGER,            -- the Optuna trial (NULL: the experiment has no search-space values)
+        experiment_id INTEGER UNIQUE REFERENCES experiments(id),  -- NULL while a suggestion is not run yet
+        source TEXT NOT NULL,            -- suggest|agent
+        params_json TEXT NOT NULL,
+        state TEXT NOT NULL,             -- pending|running|complete|fail|abandoned|skipped
+        told_at REAL
+    );
+    """,
 ]
 
 TERMINAL_STATUSES = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
@@ -296,6 +344,7 @@ _EXPERIMENT_COLUMNS = {
     "snapshot_commit", "parent_id", "best_id_at_verdict", "config_json", "params_json", "objective",
     "objective_std", "delta", "duration_s", "peak_memory_gb", "time_budget_s", "run_dir", "sandbox_backend",
     "returncode", "supervisor_pid", "error", "verdict_reason",
+    "rerun_of", "rerun_kind", "group_n", "group_objective", "group_std",  # migration 3
 }
 
 
