@@ -81,7 +81,7 @@ class SandboxPolicy:
                 uniq.append(p)
         return uniq
 
-    def child_env(self, gpu_on: bool = False) -> dict[str, str]:
+    def child_env(self, gpu_on: bool = False, tmpdir: str | None = None) -> dict[str, str]:
         rd = self.run_dir
         env: dict[str, str] = {}
         allow = ENV_ALLOWLIST + (GPU_ENV_ALLOWLIST if gpu_on else ())
@@ -95,7 +95,7 @@ class SandboxPolicy:
             env["PATH"] = exe_dir + ":" + env["PATH"]
         env.update({
             "HOME": str(rd / ".home"),
-            "TMPDIR": str(rd / "tmp"),
+            "TMPDIR": tmpdir or str(rd / "tmp"),
             "XDG_CACHE_HOME": str(rd / ".cache"),
             "TORCHINDUCTOR_CACHE_DIR": str(rd / ".cache" / "torchinductor"),
             "TRITON_CACHE_DIR": str(rd / ".cache" / "triton"),
@@ -103,6 +103,11 @@ class SandboxPolicy:
         })
         env.update(self.env)
         return env
+
+    def short_tmpdir_ok(self) -> bool:
+        """AF_UNIX socket paths are limited to 107 bytes and multiprocessing puts its listener sockets in
+        TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX: a run dir deeper than ~70 characters needs another TMPDIR."""
+        return len(str(self.run_dir / "tmp")) <= 70
 
     def child_dirs(self) -> list[Path]:
         rd = self.run_dir

@@ -99,11 +99,20 @@ class SandboxedProcess:
                 rl["RLIMIT_AS"] = [int(lim.memory_bytes)] * 2
             self.warnings.append("no memory cgroup: memory limit enforced by an RSS watchdog"
                                  + ("" if gpu else " and RLIMIT_AS per process"))
+        self._host_tmp = None
+        tmpdir = None
+        if not pol.short_tmpdir_ok():
+            if self.backend == "bwrap":
+                tmpdir = "/tmp"  # the sandbox's private, size-capped tmpfs
+            else:
+                import tempfile
+                self._host_tmp = tempfile.mkdtemp(prefix="sbx-")
+                tmpdir = self._host_tmp
         status_r, status_w = os.pipe()
         self._status_r = status_r
         py = _launcher_python()
         cfg = {
-            "argv": list(pol.argv), "cwd": str(pol.cwd), "env": pol.child_env(gpu_on=bool(gpu)),
+            "argv": list(pol.argv), "cwd": str(pol.cwd), "env": pol.child_env(gpu_on=bool(gpu), tmpdir=tmpdir),
             "rlimits": rl, "stdout_path": str(pol.run_dir / "stdout.log"),
             "stderr_path": str(pol.run_dir / "stderr.log"), "log_bytes": int(lim.log_bytes),
             "status_fd": status_w, "grace": float(lim.kill_grace_seconds),
@@ -114,7 +123,10 @@ class SandboxedProcess:
                      "cgroups": self._cg.describe(), "rlimits": rl}
         if self.backend == "landlock":
             info = backends.probe_landlock()
-            cfg["landlock"] = {"rules": backends.landlock_rules(pol, gpu, py), "network": bool(pol.network)}
+            rules = backends.landlock_rules(pol, gpu, py)
+            if self._host_tmp:
+                rules.append([self._host_tmp, "rw"])
+            cfg["landlock"] = {"rules": rules, "network": bool(pol.network)}
             if info.get("seccomp"):
                 cfg["seccomp"] = {"block_inet": not pol.network}
             iso.update(landlock_abi=info.get("abi"), seccomp=bool(info.get("seccomp")), gaps=info.get("gaps", []))
@@ -348,6 +360,9 @@ class SandboxedProcess:
                 if v.get("truncated"):
                     warnings.append(f"{k} was {v['bytes']} bytes; capped at {pol.limits.log_bytes} (head and tail kept)")
         warnings += _sanitize_run_dir(pol.run_dir)
+        if self._host_tmp:
+            import shutil
+            shutil.rmtree(self._host_tmp, ignore_errors=True)
         try:
             self._sandbox_log.close()
         except OSError:

@@ -121,9 +121,11 @@ def start_driver(tree: Tree, spec: dict) -> subprocess.Popen:
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def run_hostile(tree: Tree, script_text: str, backend: str | None, args=(), timeout: float = 120,
+def run_hostile(tree: Tree, script_text: str, backend: str | None, args=(), timeout: float | None = None,
                 **policy_overrides) -> HostileRun:
     spec = spec_for(tree, script_text, backend, args, **policy_overrides)
+    if timeout is None:
+        timeout = (spec["limits"].get("wall_seconds") or 120) + 60
     p = start_driver(tree, spec)
     try:
         out, err = p.communicate(timeout=timeout)

@@ -264,6 +264,14 @@ def kill_supervisor():
     return "can signal the supervisor %d" % target
 attempt("signal_supervisor", kill_supervisor)
 
+def capabilities():
+    st = dict(l.split(":", 1) for l in open("/proc/self/status").read().splitlines() if ":" in l)
+    eff, bnd, nnp = int(st["CapEff"], 16), int(st["CapBnd"], 16), st.get("NoNewPrivs", "?").strip()
+    if eff or nnp != "1":
+        return "CapEff=%x CapBnd=%x NoNewPrivs=%s" % (eff, bnd, nnp)
+    raise PermissionError("no effective capabilities, NoNewPrivs=1 (CapBnd=%x)" % bnd)
+attempt("capabilities", capabilities)
+
 print("REPORT " + json.dumps(R), flush=True)
 '''
 
@@ -271,7 +279,7 @@ WRITE_CHECKS = ["write_home", "write_dataset", "write_git", "write_harness", "wr
 CHECKS = (["tcp_localhost", "udp", "dns", "unix_tmp", "unix_run"] + WRITE_CHECKS
           + ["modify_dataset", "read_ssh_key", "read_git_config", "read_hidden_db", "list_git_dir", "env_secret",
              "proc_environ", "remount_rw", "sysctl_write", "symlink_write_out", "symlink_left_for_host",
-             "hardlink_secret", "signal_supervisor"])
+             "hardlink_secret", "signal_supervisor", "capabilities"])
 # Checks where only host-side evidence counts: the sandbox may give the child a private, throw-away
 # HOME and /tmp (bwrap tmpfs) or a private loopback (net namespace) where the write/send "succeeds".
 HOST_ONLY = {"udp", "write_home", "write_tmp", "symlink_left_for_host"}
