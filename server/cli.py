@@ -200,6 +200,20 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def cmd_clients(args) -> int:
+    from tools import clients
+    lab = _lab(args)
+    kw = dict(max_call_s=clients.call_timeout_s(lab.config.time_budget_s), editable=lab.config.editable)
+    names = args.client or ["all"]
+    if args.write:
+        for rel in clients.write_client_configs(lab.root, names, overwrite=args.force, **kw):
+            print(f"wrote {lab.root / rel}")
+        return 0
+    for rel, text in clients.render(lab.root, names, **kw).items():
+        print(f"# ---- {rel} ----\n{text}")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from server.app import serve
     serve(Path(args.workspace))
@@ -231,6 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--preset", default="tiny" if "tiny" in presets else "toy", choices=presets)
     sp.add_argument("--time-budget", type=float)
     sp.set_defaults(fn=cmd_demo)
+
+    sp = ws(sub.add_parser("clients", help="print (or --write) the MCP config of Claude Code, Codex, Cursor, "
+                                           "VS Code, Gemini CLI for this workspace"))
+    sp.add_argument("client", nargs="*", metavar="CLIENT",
+                    help="claude, codex, cursor, vscode, gemini or all (default: all)")
+    sp.add_argument("--write", action="store_true", help="write the files into the workspace")
+    sp.add_argument("--force", action="store_true", help="with --write: replace files that differ")
+    sp.set_defaults(fn=cmd_clients)
 
     sp = ws(sub.add_parser("serve", help="run the MCP server on stdio"))
     sp.set_defaults(fn=cmd_serve)

@@ -1,1 +1,101 @@
-"""MCP tools, resources and prompts for querying the past (issue 6). Registered on server.app.mcp."""
+"""MCP tools, resources and prompts for querying the past (issue 6). Registered on server.app.mcp.
+
+Thin functions over tools.search and tools.history; all read-only and bounded.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Callable
+
+import anyio
+from pydantic import Field
+
+from mcp.server.mcpserver.exceptions import ResourceError
+
+from server.app import READ_ONLY, _call, _lab, mcp, state
+from tools import experiments as ex
+from tools import history, search
+from tools.errors import ToolError
+from tools.schemas import Status
+
+
+# -- tools ---------------------------------------------------------------------------------
+@mcp.tool(annotations=READ_ONLY)
+async def search_experiments(
+    query: search.Query,
+    status: Status | None = None,
+    verdict: search.Verdict | None = None,
+    limit: search.SearchLimit = 10,
+) -> search.SearchPage:
+    """Full-text search of past experiments: descriptions, hypotheses, their notes and code changes.
+    Use it before trying an idea, to see whether it was tried and how it went."""
+    return await _call("search_experiments", {"query": query, "status": status, "verdict": verdict, "limit": limit},
+                       lambda lab: search.search_experiments(lab, query, status, verdict, limit))
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def compare_experiments(
+    a: Annotated[int, Field(ge=1, le=10**9, description="the reference experiment, e.g. the best")],
+    b: Annotated[int, Field(ge=1, le=10**9, description="the experiment to compare with a")],
+) -> history.Comparison:
+    """What separates two experiments: config changes, the code diff a -> b, and every metric's delta
+    with its noise (std of both; |sigmas| < 2 is within the noise)."""
+    return await _call("compare_experiments", {"a": a, "b": b},
+                       lambda lab: history.compare_experiments(lab, a, b))
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def best_trajectory(
+    limit: Annotated[int, Field(ge=1, le=200, description="points to return (first and latest)")] = 30,
+) -> history.Trajectory:
+    """The best-so-far trajectory: each experiment that became the new best (noise-aware), in order,
+    with its objective and the gain over the previous best."""
+    return await _call("best_trajectory", {"limit": limit}, lambda lab: history.best_trajectory(lab, limit))
+
+
+# -- resources -----------------------------------------------------------------------------
+async def _read(fn: Callable[[Any], str]) -> str:
+    """Run a resource read in a worker thread, under the store lock; our errors reach the client
+    as ResourceError (any other exception would reach it as a bare 'Error reading resource')."""
+    try:
+        lab = _lab()
+    except Exception as exc:
+        raise ResourceError(str(exc)) from None
+
+    def body() -> str:
+        with state.lock:
+            return fn(lab)
+
+    try:
+        return await anyio.to_thread.run_sync(body)
+    except ToolError as exc:
+        raise ResourceError(str(exc)) from None
+
+
+@mcp.resource("leaderboard://top", mime_type="application/json")
+async def leaderboard_resource() -> str:
+    """The 10 best successful experiments and the best-so-far trajectory."""
+    return await _read(lambda lab: history.leaderboard(lab).model_dump_json(indent=1))
+
+
+# This replaces server/app.py's registration of the same template (the later one wins in the SDK's
+# template table): there a non-numeric or unknown id raised ValueError/ToolError, which the SDK
+# hides behind "Error creating resource from template ..."; here the client reads why and the fix.
+@mcp.resource("experiments://{experiment_id}", mime_type="application/json")
+async def experiment_resource(experiment_id: str) -> str:
+    """One experiment, as show_experiment returns it (experiments://<id>, the id from read_results)."""
+    if not (experiment_id.isascii() and experiment_id.isdigit()) or len(experiment_id) > 10:
+        raise ResourceError(f"experiments://{experiment_id[:40]}: the id must be a positive integer. "
+                            f"Fix: use experiments://<id> with an id from read_results, e.g. experiments://1.")
+    exp_id = int(experiment_id)
+    if not 1 <= exp_id <= 10**9:
+        raise ResourceError(f"experiments://{exp_id}: ids start at 1. Fix: use an id from read_results.")
+    return await _read(lambda lab: ex.show_experiment(lab, exp_id).model_dump_json(indent=1))
+
+
+# -- prompts -------------------------------------------------------------------------------
+@mcp.prompt()
+async def resume() -> str:
+    """Pick the research loop up after a restart: where things stand, the best, the trajectory,
+    the latest runs and notes, and what to do next."""
+    return await _read(history.resume_brief)
