@@ -20,11 +20,9 @@ What it does:
 """
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
-import platform
 import select
 import signal
 import struct
@@ -57,7 +55,7 @@ def prctl(opt, a=0, b=0, c=0, d=0):
     return rc
 
 
-MACHINE = platform.machine()
+MACHINE = os.uname().machine
 
 # ---------------------------------------------------------------- Landlock
 SYS_landlock_create_ruleset = 444

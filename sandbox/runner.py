@@ -57,6 +57,7 @@ class SandboxedProcess:
         self._result: SandboxResult | None = None
         self._token = "sandbox-launcher:" + uuid.uuid4().hex
         self._t0 = 0.0
+        self._pidfd: int | None = None
 
     # ------------------------------------------------------------------ public
     def poll(self) -> SandboxResult | None:
@@ -70,7 +71,7 @@ class SandboxedProcess:
 
     def cancel(self) -> None:
         """Kill the whole tree (SIGTERM, grace, SIGKILL); the result's status is 'cancelled'."""
-        self._cancel.set()
+        self._cancel.set()  # the monitor checks it at least every 50 ms
 
     # ------------------------------------------------------------------ setup
     def _prepare(self) -> tuple[list[str], dict, int]:
@@ -175,6 +176,10 @@ class SandboxedProcess:
                 cwd="/", close_fds=True, pass_fds=(status_w,), start_new_session=True)
             os.close(status_w)
             self.pid = self._popen.pid
+            try:
+                self._pidfd = os.pidfd_open(self.pid)
+            except (AttributeError, OSError):
+                self._pidfd = None
         except BaseException as e:  # noqa: BLE001
             self._start_error = e
             cg = getattr(self, "_cg", None)
@@ -221,10 +226,21 @@ class SandboxedProcess:
                 if watch_pids and n > lim.max_processes + 3:  # + bwrap/launcher processes
                     status, reason = "error", f"{n} processes > limit {lim.max_processes} (watchdog)"
                     break
-            self._cancel.wait(0.05)
+            self._sleep_until_exit(0.05)
         if status is not None:
             self._terminate()
         self._finish(status, reason)
+
+    def _sleep_until_exit(self, seconds: float) -> None:
+        """Sleep up to `seconds`, waking at once when the sandbox process exits (pidfd) or on cancel."""
+        if self._pidfd is not None:
+            import select
+            try:
+                select.select([self._pidfd], [], [], seconds)
+                return
+            except (OSError, ValueError):
+                pass
+        self._cancel.wait(seconds)
 
     def _sample_tree(self) -> tuple[int, int]:
         if psutil is None or self._popen is None:
@@ -363,6 +379,9 @@ class SandboxedProcess:
         if self._host_tmp:
             import shutil
             shutil.rmtree(self._host_tmp, ignore_errors=True)
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
         try:
             self._sandbox_log.close()
         except OSError:
