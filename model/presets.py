@@ -18,10 +18,13 @@ the comment stays unless the preset gives its own), ready to be copied into a wo
 """
 from __future__ import annotations
 
+import ast
+import json
 import re
 from pathlib import Path
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "template" / "train.py"
+BLOCK_END = "runtime.apply_params(globals())"  # the constants block ends at this line
 
 _TINY = {
     "PRESET": "tiny",
@@ -116,6 +119,8 @@ def get_preset(name: str) -> dict:
 
 
 def _literal(v) -> str:
+    if isinstance(v, str):
+        return json.dumps(v)
     if isinstance(v, float):
         r = repr(v)
         return r if ("e" in r or "." in r or "inf" in r or "nan" in r) else r + ".0"
@@ -126,7 +131,11 @@ def render_template(preset: str) -> str:
     """The train.py text with the constants block set for `preset` (ValueError for an unknown one)."""
     values = get_preset(preset)
     comments = COMMENTS.get(preset, {})
-    text = TEMPLATE_PATH.read_text()
+    full = TEMPLATE_PATH.read_text()
+    end = full.find(BLOCK_END)
+    if end < 0:
+        raise RuntimeError(f"template: no `{BLOCK_END}` line after the constants block")
+    text, rest = full[:end], full[end:]
     for name, value in values.items():
         pat = re.compile(rf"^{name}[ \t]*=[ \t]*(?P<val>[^#\n]*?)(?P<pad>[ \t]*)(?P<comment>#[^\n]*)?$", re.M)
         hits = pat.findall(text)
@@ -134,7 +143,12 @@ def render_template(preset: str) -> str:
             raise RuntimeError(f"template: expected one line `{name} = ...`, found {len(hits)}")
 
         def sub(m, name=name, value=value):
-            code = f"{name} = {_literal(value)}"
+            old = m.group("val").strip()
+            try:
+                same = type(ast.literal_eval(old)) is type(value) and ast.literal_eval(old) == value
+            except (ValueError, SyntaxError):
+                same = False
+            code = f"{name} = {old if same else _literal(value)}"
             comment = comments.get(name) or m.group("comment")
             if not comment:
                 return code
@@ -142,12 +156,11 @@ def render_template(preset: str) -> str:
             return (code.ljust(col) if len(code) < col else code + "  ") + comment
 
         text = pat.sub(sub, text, count=1)
-    return text
+    return text + rest
 
 
 def template_constants(text: str) -> dict:
     """Parse the `NAME = literal` lines of a template text (for tests and tools; no exec)."""
-    import ast
     out = {}
     for node in ast.parse(text).body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):

@@ -72,9 +72,17 @@ def _coerce(name: str, current, new):
 def apply_params(namespace: dict, path: str | None = None) -> dict:
     """Override constants in `namespace` from the JSON object at `path` (default $AR_PARAMS).
 
-    Unknown keys and wrong types raise ParamsError naming the key and the valid choices.
-    Returns the overrides applied.
+    For the template: a bad file, an unknown key or a wrong type ends the run (exit 2) with one
+    `FAIL:` line naming the key and the valid choices. Returns the overrides applied.
     """
+    try:
+        return load_params(namespace, path)
+    except ParamsError as e:
+        fail(str(e), code=2)
+
+
+def load_params(namespace: dict, path: str | None = None) -> dict:
+    """apply_params, raising ParamsError instead of exiting."""
     path = path if path is not None else os.environ.get("AR_PARAMS")
     if not path:
         return {}
@@ -96,22 +104,23 @@ def apply_params(namespace: dict, path: str | None = None) -> dict:
 
 
 def time_budget(default: float) -> float:
+    """$AR_TIME_BUDGET_S (seconds of training, all folds together) if set, else `default`."""
     v = os.environ.get("AR_TIME_BUDGET_S")
     if not v:
         return float(default)
     try:
         b = float(v)
     except ValueError:
-        raise ParamsError(f"AR_TIME_BUDGET_S must be a number of seconds, got {v!r}") from None
-    if not b > 0:
-        raise ParamsError(f"AR_TIME_BUDGET_S must be > 0, got {v!r}")
+        b = float("nan")
+    if not (math.isfinite(b) and b > 0):
+        fail(f"AR_TIME_BUDGET_S must be a positive number of seconds, got {v!r}", code=2)
     return b
 
 
 def eval_split() -> str:
     s = os.environ.get("AR_EVAL_SPLIT") or "val"
     if s not in EVAL_SPLITS:
-        raise ParamsError(f"AR_EVAL_SPLIT must be one of {list(EVAL_SPLITS)}, got {s!r}")
+        fail(f"AR_EVAL_SPLIT must be one of {list(EVAL_SPLITS)}, got {s!r}", code=2)
     return s
 
 

@@ -221,7 +221,7 @@ def to_device(rows):
 # Training loop (one model per fold), then the frozen evaluation
 # ---------------------------------------------------------------------------------------------
 events = runtime.EventLog(RUN_DIR)
-fold_metrics, total_steps, train_seconds, stopped_by = [], 0, 0.0, "steps"
+fold_metrics, total_steps, train_seconds, stopped_by, expert_steps = [], 0, 0.0, "steps", 0
 for fold, (train_rows, eval_data, eval_rows) in enumerate(plan):
     runtime.seed_everything(SEED + 1000 * fold)
     model = ECLIP(log=print if fold == 0 else (lambda *_: None)).to(device)
@@ -238,6 +238,7 @@ for fold, (train_rows, eval_data, eval_rows) in enumerate(plan):
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         use_expert = rng.random() < expert_prob_at(step)
+        expert_steps += use_expert
         with amp:
             loss = compute_loss(model, batch, step, use_expert, gen)
         opt.zero_grad(set_to_none=True)
@@ -260,9 +261,8 @@ for fold, (train_rows, eval_data, eval_rows) in enumerate(plan):
     total_steps += step
     events.log(total_steps, loss_f, force=True, fold=fold)
 
-    model.eval()
-    with amp:
-        m = evaluate(model.encode_image, model.encode_text, eval_data, eval_rows, device, EVAL_BATCH_SIZE)
+    model.eval()  # evaluation runs in float32 (no autocast): bf16 similarities would tie
+    m = evaluate(model.encode_image, model.encode_text, eval_data, eval_rows, device, EVAL_BATCH_SIZE)
     m["steps"], m["train_seconds"] = step, round(fold_seconds, 3)
     fold_metrics.append(m)
     print(f"fold {fold}: {step} steps in {fold_seconds:.1f} s, loss {loss_f:.4f}, mean_rank {m['mean_rank']:.2f} "
@@ -284,6 +284,7 @@ metrics.update(
     data_fingerprint=data.fingerprint,
     device=runtime.device_name(device),
     expert_variant=EXPERT_VARIANT,
+    expert_steps=expert_steps,
     preset=PRESET,
     eval_split=EVAL_SPLIT,
     stopped_by=stopped_by,
