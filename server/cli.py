@@ -1,4 +1,5 @@
-"""The `autoresearch` command line: init, demo, serve, run, results, show, revert, note, doctor."""
+"""The `autoresearch` command line: init, demo, serve, run, results, show, revert, note, doctor, and (server/
+integrity_cli.py) evaluate-test, rerun, reproduce, suggest, plot, export, integrity."""
 
 from __future__ import annotations
 
@@ -117,6 +118,15 @@ def cmd_demo(args) -> int:
     s = ex.wait_for(lab, exp_id, on_progress=bar)
     bar.done()
     print_summary(s)
+    if args.repeats and s.status == "succeeded":  # measure the noise: seed reruns of the baseline
+        from tools import noise
+        _, ids = noise.submit_reruns(lab, exp_id, args.repeats)
+        for i in ids:
+            ex.wait_for(lab, i, on_progress=bar)
+        bar.done()
+        g = noise.group_summary(lab, exp_id, ids)
+        print(f"baseline noise from {g.n} seeds: mean {g.mean:.4g}, seed std {g.seed_std or 0:.3g}, "
+              f"fold std {g.fold_std or 0:.3g}, std of the mean {g.std_of_mean:.3g}")
     print()
     print_results(ex.read_results(lab, 20))
     print(f"\nnext: cd {root} && claude")
@@ -244,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", nargs="?")
     sp.add_argument("--preset", default="tiny" if "tiny" in presets else "toy", choices=presets)
     sp.add_argument("--time-budget", type=float)
+    sp.add_argument("--repeats", type=int, default=0, metavar="N",
+                    help="also rerun the baseline with N more seeds to measure the noise (N <= 10)")
     sp.set_defaults(fn=cmd_demo)
 
     sp = ws(sub.add_parser("clients", help="print (or --write) the MCP config of Claude Code, Codex, Cursor, "
@@ -302,6 +314,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("doctor", help="sandbox backend, limits, GPU: what is available and why")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_doctor)
+
+    from server.integrity_cli import add_commands  # evaluate-test, rerun, reproduce, suggest, plot, export, integrity
+    add_commands(sub, ws)
     return p
 
 

@@ -1,1 +1,128 @@
-"""MCP tools for research integrity and smarter search (issue 7). Registered on server.app.mcp."""
+"""MCP tools for research integrity and smarter search (issue 7). Registered on server.app.mcp.
+
+rerun_experiment (seed groups, the noise estimate), suggest (Optuna), reproduce, plot_progress,
+and evaluate_test - listed and callable only when a human set `allow_test_eval = true`.
+Every call goes through `_call`, so it is audited. No torch, optuna or matplotlib at import.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import anyio
+from pydantic import Field
+
+from mcp.server.mcpserver import Context, Image
+from mcp.server.mcpserver.exceptions import ToolError as MCPToolError
+
+from server.app import ADDITIVE, READ_ONLY, RUNS, _call, _follow, _lab, mcp, state
+from tools import hpo, integrity, noise, plots
+from tools import reproduce as repro
+from tools.errors import ToolError
+from tools.lab import Lab
+from tools.schemas import ExperimentId
+
+Seeds = Annotated[int, Field(ge=1, le=noise.MAX_SEEDS_PER_CALL,
+                             description="how many reruns with new SEEDs (1-10); 2 after a baseline")]
+SuggestN = Annotated[int, Field(ge=1, le=hpo.MAX_SUGGEST, description="how many configurations to propose (1-8)")]
+Wait = Annotated[bool, Field(description="true: block until the runs end (progress is streamed); false: return at once")]
+
+
+@mcp.tool(annotations=RUNS)
+async def rerun_experiment(experiment_id: ExperimentId, seeds: Seeds = 2, wait: Wait = True,
+                           ctx: Context | None = None) -> noise.GroupSummary:
+    """Rerun an experiment's snapshot (its recorded code, not the current files) with new SEEDs to
+    measure the noise. The runs join its group; verdicts use the group's mean and the std of that
+    mean. Use it on the baseline (seeds=2) and on every 'inconclusive' result."""
+    root, ids = await _call("rerun_experiment", {"experiment_id": experiment_id, "seeds": seeds, "wait": wait},
+                            lambda lab: noise.submit_reruns(lab, experiment_id, seeds))
+    if wait:
+        for i in ids:
+            await _follow(i, ctx, None)
+    return await _call("rerun_experiment", {"experiment_id": root}, lambda lab: noise.group_summary(lab, root, ids),
+                       audit=False)
+
+
+@mcp.tool(annotations=ADDITIVE)
+async def suggest(n: SuggestN = 1) -> hpo.SuggestResult:
+    """Propose hyperparameters (train.py constants from the search_space in autoresearch.toml) with
+    Optuna TPE, learned from every experiment so far, yours included. Run each with
+    run_experiment(params=...) as given; results are fed back to the study automatically."""
+    return await _call("suggest", {"n": n}, lambda lab: hpo.suggest(lab, n))
+
+
+@mcp.tool(annotations=RUNS)
+async def reproduce(experiment_id: ExperimentId, ctx: Context | None = None) -> repro.ReproduceReport:
+    """Run an experiment's snapshot again with the same params and seed, and report the difference:
+    objective, metrics, and what changed in what it ran with (packages, device, data, sandbox)."""
+    new_id = await _call("reproduce", {"experiment_id": experiment_id},
+                         lambda lab: repro.submit_reproduction(lab, experiment_id))
+    await _follow(new_id, ctx, None)
+    return await _call("reproduce", {"experiment_id": experiment_id},
+                       lambda lab: repro.report(lab, experiment_id, new_id), audit=False)
+
+
+@mcp.tool(annotations=READ_ONLY)
+async def plot_progress(
+    limit: Annotated[int, Field(ge=1, le=plots.MAX_PLOT_EXPERIMENTS, description="the last N finished experiments")] = 500,
+) -> Image:
+    """A PNG of the objective per experiment, the kept runs as a step line (the best so far) and the
+    noise band a new run must clear."""
+    return await _call("plot_progress", {"limit": limit},
+                       lambda lab: Image(data=plots.progress_png(lab, limit), format="png"))
+
+
+# -- the held-out test evaluation: only when a human allowed it ---------------------------------
+def _test_eval_allowed() -> bool:
+    try:
+        return bool(_lab().config.allow_test_eval)
+    except MCPToolError:
+        return False
+
+
+@mcp.tool(annotations=RUNS)
+async def evaluate_test(experiment_id: ExperimentId, ctx: Context | None = None) -> integrity.TestEvaluation:
+    """Evaluate one experiment's snapshot ONCE on the held-out test split (train on train+val, test
+    once). Enabled only because a human set allow_test_eval = true; never use it to choose changes."""
+
+    def check(lab: Lab) -> str:
+        if not lab.config.allow_test_eval:
+            raise ToolError("evaluate_test is disabled: the test split is for humans (`autoresearch evaluate-test`). "
+                            "Fix: a human may set allow_test_eval = true in autoresearch.toml.")
+        return "started"
+
+    args = {"experiment_id": experiment_id}
+    await _call("evaluate_test", args, check)
+
+    def body() -> integrity.TestEvaluation:  # its own connection: the long run does not hold state.lock
+        lab = Lab.open(state.root)
+        try:
+            return integrity.evaluate_test(lab, experiment_id, requested_by="mcp")
+        finally:
+            lab.close()
+
+    try:
+        result = await anyio.to_thread.run_sync(body)
+    except ToolError as exc:
+        result = exc
+    # audited with its outcome; a refusal comes back as an MCP tool error
+    return await _call("evaluate_test.done", args,
+                       lambda lab: _raise(result) if isinstance(result, ToolError) else result)
+
+
+def _raise(exc: Exception):
+    raise exc
+
+
+_core_list_tools = mcp.list_tools
+
+
+async def _list_tools():
+    """The core listing, without evaluate_test unless allow_test_eval = true."""
+    tools = await _core_list_tools()
+    if _test_eval_allowed():
+        return tools
+    return [t for t in tools if t.name != "evaluate_test"]
+
+
+mcp.list_tools = _list_tools

@@ -5,11 +5,12 @@ A bad file is refused with the field, the value and the fix; nothing runs on a h
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tools.errors import ToolError
 
@@ -25,7 +26,25 @@ class SearchParam(BaseModel):
     low: float | None = None
     high: float | None = None
     log: bool = False
-    choices: list[float | int | str | bool] | None = None
+    choices: list[float | int | str | bool] | None = Field(None, max_length=64)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SearchParam":
+        if self.type == "categorical":
+            if not self.choices:
+                raise ValueError("a categorical parameter needs `choices = [...]` (at least one value)")
+            if self.low is not None or self.high is not None or self.log:
+                raise ValueError("a categorical parameter takes `choices` only, not low/high/log")
+            return self
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a {self.type} parameter needs numbers low < high (got low={self.low}, high={self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"log = true needs low > 0 (got low={self.low})")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"an int parameter needs whole-number bounds (got {self.low}, {self.high})")
+        if self.choices is not None:
+            raise ValueError(f"a {self.type} parameter takes low/high, not `choices`")
+        return self
 
 
 class WorkspaceConfig(BaseModel):
@@ -54,7 +73,20 @@ class WorkspaceConfig(BaseModel):
     gpus: list[int] | None = Field(None, description="GPU indices to hand out; None: every /dev/nvidiaN present")
     noise_sigma: float = Field(2.0, ge=0, le=10, description="improved only if better by this many sigma")
     keep_checkpoints: Literal["kept", "all", "none"] = "kept"
-    search_space: dict[str, SearchParam] = Field(default_factory=dict)
+    search_space: dict[str, SearchParam] = Field(default_factory=dict, max_length=32,
+                                                 description="train.py constants that `suggest` tunes")
+    hpo_sampler: Literal["tpe", "random", "gp"] = Field(
+        "tpe", description="suggest's Optuna sampler; gp needs torch and runs in a child process")
+    allow_test_eval: bool = Field(False, description="expose evaluate_test as an MCP tool (humans: the CLI)")
+
+    @field_validator("search_space")
+    @classmethod
+    def _constant_names(cls, space: dict) -> dict:
+        for name in space:
+            if not re.fullmatch(r"[A-Z][A-Z0-9_]{0,63}", name) or name == "SEED":
+                raise ValueError(f"search_space key {name!r} must name an UPPERCASE constant of train.py "
+                                 "(not SEED: seeds are for rerun_experiment)")
+        return space
 
     @field_validator("editable")
     @classmethod

@@ -85,8 +85,10 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
     budget = time_budget_s or (10 if preset == TOY else 120 if preset in ("tiny", "replay") else 900)
 
     (root / "train.py").write_text(train_py)
+    from tools.hpo import default_search_space, search_space_toml
     (root / CONFIG_NAME).write_text(render_config(name=root.name, data=data or "", test_annotations=test_annotations,
-                                                  time_budget_s=budget))
+                                                  time_budget_s=budget,
+                                                  search_space_toml=search_space_toml(default_search_space(preset))))
     if not data:  # toy: no dataset
         text = (root / CONFIG_NAME).read_text().replace('data = ""', '# data = "path/to/dataset"')
         (root / CONFIG_NAME).write_text(text)

@@ -29,8 +29,11 @@ MAX_STORED_STEPS = 2000
 
 # -- submission ----------------------------------------------------------------------------
 def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_budget_s: float | None = None,
-           params: dict | None = None, seed: int | None = None) -> int:
-    """Snapshot the editable files, queue the experiment, make sure a supervisor will run it."""
+           params: dict | None = None, seed: int | None = None, commit: str | None = None,
+           rerun_of: int | None = None, rerun_kind: str | None = None) -> int:
+    """Snapshot the editable files, queue the experiment, make sure a supervisor will run it.
+    With `commit`, run that existing snapshot instead (seed reruns, reproductions: rerun_of/rerun_kind)."""
+    from tools.provenance import provenance
     cfg = lab.config
     budget = float(time_budget_s or cfg.time_budget_s)
     if budget > cfg.max_time_budget_s:
@@ -44,11 +47,16 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
               "workspace": cfg.model_dump(mode="json")}
     # Commit first, then record the row already 'queued' with its commit: a submitter killed at
     # any point leaves either nothing or a complete queued run, never a half-made one.
-    commit = lab.workspace.snapshot(f"experiment: {description}\n\n{hypothesis or ''}".strip())
+    if commit is None:
+        commit = lab.workspace.snapshot(f"experiment: {description}\n\n{hypothesis or ''}".strip())
+    elif lab.workspace.ref(commit) != commit:
+        raise ToolError(f"commit={commit!r} is not a snapshot in this workspace. Fix: rerun an experiment by its id.")
+    config["provenance"] = provenance(lab, commit, params)
+    extra = {"rerun_of": rerun_of, "rerun_kind": rerun_kind} if rerun_of is not None else {}
     exp_id = lab.store.insert_experiment(
         status="queued", description=description, hypothesis=hypothesis, time_budget_s=budget,
-        parent_id=best["id"] if best else None, config_json=json.dumps(config), params_json=json.dumps(params),
-        snapshot_commit=commit, run_dir_of=lambda i: str(lab.run_dir(i)))
+        parent_id=best["id"] if best else None, config_json=json.dumps(config, default=str),
+        params_json=json.dumps(params), snapshot_commit=commit, run_dir_of=lambda i: str(lab.run_dir(i)), **extra)
     lab.workspace.set_experiment_ref(exp_id, commit)
     ensure_supervisor(lab)
     return exp_id
@@ -131,9 +139,8 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
         (run_dir / "params.json").write_text(json.dumps(params, indent=2))
         env["AR_PARAMS"] = str(run_dir / "params.json")
     hidden = [lab.root / ".git", lab.store.path, Path(str(lab.store.path) + "-wal"), Path(str(lab.store.path) + "-shm")]
-    test = lab.test_annotations()
-    if test is not None:
-        hidden.append(test)
+    from tools.integrity import hidden_for_agent_runs
+    hidden += hidden_for_agent_runs(lab)  # the held-out split (its heldout/ folder) and the test runs
     min_backend = {"auto": "none", "none": "none", "landlock": "landlock", "bwrap": "bwrap", "strict": "bwrap"}[cfg.sandbox]
     limits = Limits(wall_seconds=budget + cfg.timeout_grace_s, max_processes=cfg.max_processes,
                     memory_bytes=int(cfg.memory_limit_gb * 2**30) if cfg.memory_limit_gb else None)
@@ -253,14 +260,19 @@ def record_from_run_dir(lab: Lab, exp_id: int, *, result=None, recovered: bool =
     if error and status != "succeeded":
         tail = log_tail(run_dir)
         error = f"{error}\n--- log tail ---\n{tail}" if tail else error
+    from tools import integrity
+    denied = integrity.denied_accesses(lab, run_dir)
+    if denied:
+        error = integrity.describe(denied) + ("\n" + error if error else "")
     record(lab, exp_id, status=status, error=error, metrics=metrics if status == "succeeded" else None,
            objective=objective, result=result)
+    integrity.record_events(lab, exp_id, denied)
 
 
 def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metrics: dict | None = None,
            objective: float | None = None, result=None) -> None:
     """Write the outcome, the verdict and the best ref in one transaction (concurrent runs serialise)."""
-    from tools.verdict import judge
+    from tools.noise import verdict_fields
 
     store, cfg = lab.store, lab.config
     exp = store.get_experiment(exp_id)
@@ -289,12 +301,8 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
                              "warnings": list(getattr(result, "warnings", []) or [])[:5]}
     fields["config_json"] = json.dumps(config, default=str)
     with store.transaction() as conn:
-        if metrics is not None:
-            best = _best(conn)
-            v = judge(objective=objective, std=fields.get("objective_std"), best=best,
-                      direction=cfg.direction, sigmas=cfg.noise_sigma)
-            fields.update(verdict=v.verdict, delta=v.delta, verdict_reason=v.reason,
-                          best_id_at_verdict=best["id"] if best else None, kept=int(v.keep))
+        if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/noise.py)
+            fields.update(verdict_fields(conn, exp, objective, fields.get("objective_std"), cfg))
             store.replace_metrics(exp_id, metric_rows(metrics), conn)
         store.replace_steps(exp_id, steps, conn)
         updated = store.update_experiment(exp_id, conn=conn, only_if_status=("running", "queued"),
@@ -302,13 +310,9 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
     if updated and fields.get("kept") and exp["snapshot_commit"]:
         lab.workspace.advance_best(exp["snapshot_commit"])
     _prune_checkpoints(lab, exp_id, kept=bool(fields.get("kept")))
-
-
-def _best(conn) -> dict | None:
-    cur = conn.execute("SELECT id, objective, objective_std FROM experiments WHERE kept = 1 "
-                       "ORDER BY finished_at DESC, id DESC LIMIT 1")
-    row = cur.fetchone()
-    return dict(zip([d[0] for d in cur.description], row)) if row else None
+    if updated:
+        from tools.hpo import after_run
+        after_run(lab, exp_id)  # tell the Optuna study (never raises)
 
 
 def _prune_checkpoints(lab: Lab, exp_id: int, kept: bool) -> None:
@@ -328,6 +332,8 @@ def request_cancel(lab: Lab, exp_id: int) -> str:
     if exp["status"] == "queued":
         if lab.store.update_experiment(exp_id, only_if_status=("queued",), status="cancelled",
                                        finished_at=time.time(), error="cancelled before it started"):
+            from tools.hpo import after_run
+            after_run(lab, exp_id)  # a suggested trial is told FAIL
             return "cancelled"
         exp = lab.store.get_experiment(exp_id)
     if exp["status"] != "running":

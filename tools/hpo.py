@@ -1,0 +1,371 @@
+"""`suggest`: Optuna over the workspace's `search_space`, learning from every experiment.
+
+- The study lives next to the experiments, in `.autoresearch/optuna.db` (Optuna's own schema;
+  `optuna-dashboard sqlite:///.autoresearch/optuna.db` shows it). Its name carries a hash of the
+  parameter kinds, so changing a kind or a categorical's choices starts a fresh study; new bounds don't.
+- Every experiment that is not a rerun is a trial, with the values it really ran with: the
+  snapshot's constants overridden by its `params` (values outside the space are left out).
+  Agent-proposed runs still in flight are `enqueue_trial`-ed and asked at once (a RUNNING trial the
+  sampler's constant liar sees); finished ones are added with `add_trial`.
+- `suggest(n)` asks n trials (pending until a run with those params appears, matched with a
+  relative tolerance of 1e-3 so rounded copies still match); a newer `suggest` abandons pending
+  suggestions that were never run (told FAIL). Every finished run is told: succeeded -> its
+  objective, failed / timeout / cancelled / interrupted -> FAIL, so no trial stays RUNNING.
+- TPE by default (`hpo_sampler` in autoresearch.toml); `random`; `gp` needs torch, so it runs in a
+  child process (`python -m tools.hpo suggest WORKSPACE N`), never in the MCP server.
+Only this module touches Optuna; runs.record calls `after_run` (in the supervisor).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import math
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+from pydantic import BaseModel, Field
+
+from tools.errors import ToolError
+from tools.lab import Lab
+
+DB_NAME = "optuna.db"
+MAX_SUGGEST = 8
+MATCH_RTOL = 1e-3
+TERMINAL = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
+N_STARTUP_TRIALS = 8
+
+
+class Suggestion(BaseModel):
+    trial: int = Field(description="the Optuna trial number")
+    params: dict[str, float | int | str | bool]
+    run: str = Field(description="the call that runs it")
+
+
+class SuggestResult(BaseModel):
+    study: str
+    storage: str = Field(description="open it with optuna-dashboard")
+    sampler: str
+    trials_complete: int
+    trials_failed: int
+    trials_running: int
+    best: dict | None = Field(None, description="the best told trial: value, params, experiment_id")
+    suggestions: list[Suggestion]
+    abandoned: list[int] = Field(default_factory=list, description="earlier suggestions never run (told FAIL)")
+    next: str
+
+
+# -- Optuna plumbing (imported lazily: the server starts without it) -----------------------------
+def _optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise ToolError("suggest needs Optuna, which is not installed. Fix: pip install 'eclip-autoresearch[hpo]'.") from None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    return optuna
+
+
+def distributions(space: dict) -> dict:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    out = {}
+    for name, p in space.items():
+        if p.type == "float":
+            out[name] = FloatDistribution(p.low, p.high, log=p.log)
+        elif p.type == "int":
+            out[name] = IntDistribution(int(p.low), int(p.high), log=p.log)
+        else:
+            out[name] = CategoricalDistribution(list(p.choices))
+    return out
+
+
+def make_sampler(kind: str, seed: int | None = None):
+    optuna = _optuna()
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(seed=seed, n_startup_trials=N_STARTUP_TRIALS)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=N_STARTUP_TRIALS)
+    raise ToolError(f"hpo_sampler={kind!r} is unknown. Fix: use tpe, random or gp in autoresearch.toml.")
+
+
+def study_name(lab: Lab) -> str:
+    kinds = sorted((n, p.type, json.dumps(p.choices) if p.type == "categorical" else "")
+                   for n, p in lab.config.search_space.items())
+    return "autoresearch-" + hashlib.sha256(json.dumps(kinds).encode()).hexdigest()[:8]
+
+
+def storage_url(lab: Lab) -> str:
+    return f"sqlite:///{lab.state_dir / DB_NAME}"
+
+
+@contextmanager
+def _locked(lab: Lab):
+    """One process at a time touches the study (the server, supervisors, a GP child)."""
+    lab.state_dir.mkdir(parents=True, exist_ok=True)
+    with open(lab.state_dir / "optuna.lock", "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def open_study(lab: Lab, sampler=None):
+    optuna = _optuna()
+    storage = optuna.storages.RDBStorage(storage_url(lab), engine_kwargs={"connect_args": {"timeout": 60}})
+    study = optuna.create_study(study_name=study_name(lab), storage=storage, load_if_exists=True,
+                                direction=lab.config.direction, sampler=sampler)
+    if study.direction.name.lower() != lab.config.direction:
+        raise ToolError(f"the Optuna study {study.study_name} was made for direction={study.direction.name.lower()}, "
+                        f"autoresearch.toml says {lab.config.direction}. Fix: move {lab.state_dir / DB_NAME} away.")
+    return study
+
+
+# -- experiments -> trials ---------------------------------------------------------------------
+def in_space(values: dict, dists: dict) -> dict:
+    """The values that fit the search space, typed as the space says."""
+    from optuna.distributions import CategoricalDistribution, IntDistribution
+    out = {}
+    for name, d in dists.items():
+        if name not in values:
+            continue
+        v = values[name]
+        if isinstance(d, CategoricalDistribution):
+            hit = [c for c in d.choices if v == c and (type(v) is type(c) or (_isnum(v) and _isnum(c)))]
+            if hit:
+                out[name] = hit[0]
+            continue
+        if not _isnum(v) or not d.low <= v <= d.high:
+            continue
+        if isinstance(d, IntDistribution):
+            if float(v).is_integer():
+                out[name] = int(v)
+        else:
+            out[name] = float(v)
+    return out
+
+
+def params_match(a: dict, b: dict) -> bool:
+    if set(a) != set(b):
+        return False
+    for k, va in a.items():
+        vb = b[k]
+        if _isnum(va) and _isnum(vb):
+            if not math.isclose(va, vb, rel_tol=MATCH_RTOL, abs_tol=1e-12):
+                return False
+        elif va != vb:
+            return False
+    return True
+
+
+def sync(lab: Lab, study, dists: dict) -> None:
+    """Bring the study up to date with the experiments table (idempotent)."""
+    from tools.provenance import effective_constants
+    optuna = _optuna()
+    store, name = lab.store, study.study_name
+    new = list(store.db.query(
+        "SELECT e.* FROM experiments e WHERE e.rerun_of IS NULL AND NOT EXISTS "
+        "(SELECT 1 FROM hpo_trials h WHERE h.experiment_id = e.id AND h.study = ?) ORDER BY e.id LIMIT 1000", [name]))
+    pending = list(store.db.query("SELECT * FROM hpo_trials WHERE study = ? AND state = 'pending' ORDER BY id", [name]))
+    for exp in new:
+        values = in_space(effective_constants(lab, exp["snapshot_commit"], json.loads(exp["params_json"] or "{}")), dists)
+        if not values:
+            _insert(store, name, None, exp["id"], "agent", {}, "skipped")
+            continue
+        match = next((p for p in pending if p["created_at"] <= exp["created_at"]
+                      and params_match(json.loads(p["params_json"]), values)), None)
+        if match is not None:
+            pending.remove(match)
+            with store.transaction() as conn:
+                conn.execute("UPDATE hpo_trials SET experiment_id = ?, state = 'running' WHERE id = ?",
+                             [exp["id"], match["id"]])
+            _set_attr(study, match["trial_number"], exp["id"])
+            continue
+        attrs = {"experiment_id": exp["id"], "source": "agent", "description": exp["description"][:200]}
+        sub = {k: dists[k] for k in values}
+        if exp["status"] in TERMINAL:
+            ok = exp["status"] == "succeeded" and exp["objective"] is not None
+            study.add_trial(optuna.trial.create_trial(
+                params=values, distributions=sub, user_attrs=attrs, value=exp["objective"] if ok else None,
+                state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
+            number = study.get_trials(deepcopy=False)[-1].number
+            _insert(store, name, number, exp["id"], "agent", values, "complete" if ok else "fail", told=True)
+        else:  # in flight: enqueue, and ask at once so it is RUNNING (the lock keeps this pair atomic)
+            study.enqueue_trial(values, user_attrs=attrs)
+            trial = study.ask(sub)
+            _insert(store, name, trial.number, exp["id"], "agent", values, "running")
+    running = list(store.db.query(
+        "SELECT h.id, h.trial_number, e.status, e.objective FROM hpo_trials h JOIN experiments e ON e.id = h.experiment_id "
+        f"WHERE h.study = ? AND h.state = 'running' AND e.status IN ({', '.join('?' for _ in TERMINAL)})",
+        [name, *TERMINAL]))
+    for r in running:
+        ok = r["status"] == "succeeded" and r["objective"] is not None
+        _tell(study, r["trial_number"], r["objective"] if ok else None)
+        with store.transaction() as conn:
+            conn.execute("UPDATE hpo_trials SET state = ?, told_at = ? WHERE id = ?",
+                         ["complete" if ok else "fail", time.time(), r["id"]])
+
+
+def _tell(study, number: int, value: float | None) -> None:
+    optuna = _optuna()
+    try:
+        if value is None:
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(number, value)
+    except (ValueError, RuntimeError) as exc:  # already finished (a crash between tell and our update)
+        if "finished" not in str(exc).lower() and "already" not in str(exc).lower():
+            raise
+
+
+def _set_attr(study, number: int, experiment_id: int) -> None:
+    """Show the experiment id in optuna-dashboard (cosmetic: the link of record is hpo_trials)."""
+    try:
+        import optuna
+        trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+        optuna.trial.Trial(study, trial_id).set_user_attr("experiment_id", experiment_id)
+    except Exception:  # noqa: BLE001 - private API; never worth failing a sync
+        pass
+
+
+def _insert(store, study: str, number, experiment_id, source: str, params: dict, state: str, told: bool = False) -> int:
+    with store.transaction() as conn:
+        return conn.execute(
+            "INSERT INTO hpo_trials (created_at, study, trial_number, experiment_id, source, params_json, state, told_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [time.time(), study, number, experiment_id, source, json.dumps(params),
+                                               state, time.time() if told else None]).lastrowid
+
+
+# -- the tool ----------------------------------------------------------------------------------
+def suggest(lab: Lab, n: int = 1, *, in_child: bool = False) -> SuggestResult:
+    if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SUGGEST:
+        raise ToolError(f"invalid n={n!r}. Fix: ask for 1 to {MAX_SUGGEST} suggestions.")
+    cfg = lab.config
+    if not cfg.search_space:
+        raise ToolError("search_space is empty in autoresearch.toml, so there is nothing to suggest. Fix: a human adds "
+                        "e.g. [search_space.LR] type = \"float\", low = 1e-4, high = 1e-2, log = true.")
+    if cfg.hpo_sampler == "gp" and not in_child:
+        return _suggest_in_child(lab, n)
+    optuna = _optuna()
+    dists = distributions(cfg.search_space)
+    with _locked(lab):
+        study = open_study(lab, make_sampler(cfg.hpo_sampler))
+        try:
+            sync(lab, study, dists)
+        except ValueError as exc:
+            raise ToolError(f"the study does not accept this workspace's history ({exc}). Fix: check search_space.") from None
+        abandoned = []
+        for p in lab.store.db.query("SELECT * FROM hpo_trials WHERE study = ? AND state = 'pending'", [study.study_name]):
+            _tell(study, p["trial_number"], None)
+            with lab.store.transaction() as conn:
+                conn.execute("UPDATE hpo_trials SET state = 'abandoned', told_at = ? WHERE id = ?", [time.time(), p["id"]])
+            abandoned.append(p["trial_number"])
+        out = []
+        for _ in range(n):
+            trial = study.ask(dists)
+            params = {k: _short(v) for k, v in trial.params.items()}
+            _insert(lab.store, study.study_name, trial.number, None, "suggest", params, "pending")
+            trial.set_user_attr("source", "suggest")
+            call = (f"run_experiment(description=\"suggest trial {trial.number}: "
+                    + ", ".join(f"{k}={v}" for k, v in params.items()) + f"\", params={json.dumps(params)})")
+            out.append(Suggestion(trial=trial.number, params=params, run=call))
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        S = optuna.trial.TrialState
+        best = None
+        try:
+            bt = study.best_trial
+            best = {"value": bt.value, "params": {k: _short(v) for k, v in bt.params.items()},
+                    "experiment_id": bt.user_attrs.get("experiment_id") or _experiment_of(lab, study.study_name, bt.number)}
+        except ValueError:
+            pass
+    return SuggestResult(
+        study=study.study_name, storage=storage_url(lab), sampler=cfg.hpo_sampler,
+        trials_complete=states.count(S.COMPLETE), trials_failed=states.count(S.FAIL),
+        trials_running=states.count(S.RUNNING), best=best, suggestions=out, abandoned=abandoned,
+        next="run each with run_experiment(params=...) exactly as given (your own params are learned from too); "
+             "a new suggest call abandons suggestions not run by then")
+
+
+def _experiment_of(lab: Lab, study: str, number: int) -> int | None:
+    row = lab.store.db.conn.execute("SELECT experiment_id FROM hpo_trials WHERE study = ? AND trial_number = ?",
+                                    [study, number]).fetchone()
+    return row[0] if row else None
+
+
+def _suggest_in_child(lab: Lab, n: int) -> SuggestResult:
+    """GPSampler imports torch: run it in a child so the MCP server never loads torch."""
+    proc = subprocess.run([sys.executable, "-m", "tools.hpo", "suggest", str(lab.root), str(n)], capture_output=True,
+                          text=True, stdin=subprocess.DEVNULL, timeout=600, cwd=str(lab.root))
+    if proc.returncode != 0:
+        raise ToolError(f"the GP suggest child failed: {proc.stderr.strip()[-1500:]}. Fix: set hpo_sampler = \"tpe\" "
+                        "in autoresearch.toml, or install torch and scipy.")
+    return SuggestResult.model_validate_json(proc.stdout.strip().splitlines()[-1])
+
+
+def after_run(lab: Lab, experiment_id: int) -> None:
+    """Tell the study about a finished (or cancelled) run; a no-op until `suggest` made the study.
+    Never raises: a recording must not fail because of Optuna."""
+    try:
+        if not lab.config.search_space or not (lab.state_dir / DB_NAME).exists():
+            return
+        with _locked(lab):
+            sync(lab, open_study(lab), distributions(lab.config.search_space))
+    except Exception as exc:  # noqa: BLE001
+        print(f"hpo: could not tell experiment {experiment_id} to the study: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+
+
+# -- defaults for `autoresearch init` -------------------------------------------------------------
+def default_search_space(preset: str) -> dict[str, dict]:
+    if preset == "toy":
+        return {"LR": {"type": "float", "low": 0.01, "high": 3.0, "log": True},
+                "STEPS": {"type": "int", "low": 50, "high": 400},
+                "L2": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}
+    steps = {"seed": 800, "replay": 400}.get(preset, 150)
+    batches = [32, 48, 64, 96] if preset == "seed" else [32, 48, 64, 128]
+    return {"LR": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+            "BATCH_SIZE": {"type": "categorical", "choices": batches},
+            "EMBED_DIM": {"type": "categorical", "choices": [128, 256, 512] if preset == "seed" else [64, 128, 256]},
+            "EXPERT_PROB": {"type": "float", "low": 0.0, "high": 1.0},
+            "WARMUP_STEPS": {"type": "int", "low": 0, "high": steps // 2}}
+
+
+def search_space_toml(space: dict[str, dict]) -> str:
+    lines = ["# suggest() tunes these train.py constants with Optuna (TPE); humans edit this list"]
+    for name, p in space.items():
+        lines.append(f"[search_space.{name}]")
+        for k, v in p.items():
+            lines.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(lines) + "\n"
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _isnum(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _short(v):
+    return float(f"{v:.6g}") if isinstance(v, float) else v
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "suggest":
+        print("usage: python -m tools.hpo suggest WORKSPACE N", file=sys.stderr)
+        return 2
+    lab = Lab.open(argv[1])
+    try:
+        print(suggest(lab, int(argv[2]), in_child=True).model_dump_json())
+    except ToolError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    finally:
+        lab.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

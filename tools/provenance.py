@@ -1,0 +1,128 @@
+"""What an experiment ran with: the snapshot's constants, seeds, environment and data fingerprint.
+
+No torch here: package versions come from installed metadata, constants from parsing the
+snapshot's train.py (ast, never exec). `runs.submit` stores `provenance(...)` in config_json, so
+every experiment records its commit, full config (constants + overrides, seed included), data
+fingerprint, package versions, host and (once it ran) device and sandbox backend.
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import os
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("numpy", "torch", "torchvision", "open_clip_torch", "pillow", "scipy", "eclip-autoresearch")
+MAX_FINGERPRINT_FILES = 20_000
+
+
+def parse_constants(source: str | bytes) -> dict:
+    """`NAME = literal` lines at module level, UPPERCASE names only (no exec)."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError):
+        return {}
+    out = {}
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            name = node.targets[0].id
+            if name.isupper():
+                try:
+                    out[name] = ast.literal_eval(node.value)
+                except (ValueError, SyntaxError, TypeError):
+                    pass
+    return out
+
+
+def main_file(lab) -> str | None:
+    """The editable file the command runs (its constants are the hyperparameters)."""
+    editable = list(lab.config.editable)
+    for arg in lab.config.command[1:]:
+        if arg in editable:
+            return arg
+    if "train.py" in editable:
+        return "train.py"
+    return next((p for p in editable if p.endswith(".py")), None)
+
+
+def snapshot_constants(lab, commit: str | None) -> dict:
+    """The constants of the main file in a snapshot ({} when it has none)."""
+    rel = main_file(lab)
+    if not commit or rel is None:
+        return {}
+    data = lab.workspace.read_snapshot_file(commit, rel)
+    return parse_constants(data) if data else {}
+
+
+def effective_constants(lab, commit: str | None, params: dict | None) -> dict:
+    """What the run's constants were: the snapshot's, overridden by params (AR_PARAMS)."""
+    return {**snapshot_constants(lab, commit), **(params or {})}
+
+
+@functools.lru_cache(maxsize=1)
+def environment() -> dict:
+    """Interpreter, platform and the versions of the packages that shape a result."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return {"python": platform.python_version(), "implementation": platform.python_implementation(),
+            "executable": sys.executable, "platform": platform.platform(), "machine": platform.machine(),
+            "cpu_count": os.cpu_count(), "packages": versions}
+
+
+def data_fingerprint(root: Path | None, exclude: list[Path] = ()) -> str | None:
+    """sha256 over the data files' relative paths, sizes and mtimes (cheap; the eCLIP harness also
+    records a content fingerprint in metrics.json). Excluded paths (the held-out test split) are skipped."""
+    if root is None or not Path(root).is_dir():
+        return None
+    root = Path(root)
+    skip = [str(Path(p)) for p in exclude]
+    h = hashlib.sha256()
+    count = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        if any(dirpath == s or dirpath.startswith(s + os.sep) for s in skip):
+            dirnames[:] = []
+            continue
+        for name in sorted(filenames):
+            p = os.path.join(dirpath, name)
+            if p in skip:
+                continue
+            try:
+                st = os.stat(p)
+            except OSError:
+                continue
+            h.update(f"{os.path.relpath(p, root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            count += 1
+            if count >= MAX_FINGERPRINT_FILES:
+                return "listing-sha256:" + h.hexdigest()[:32] + f" (first {count} files)"
+    return "listing-sha256:" + h.hexdigest()[:32]
+
+
+def provenance(lab, commit: str | None, params: dict | None) -> dict:
+    """The record stored with each experiment at submit time."""
+    from tools.integrity import test_paths  # the held-out split never enters the fingerprint
+
+    constants = effective_constants(lab, commit, params)
+    return {"commit": commit, "main_file": main_file(lab), "constants": _json_safe(constants),
+            "seed": constants.get("SEED"), "data_fingerprint": data_fingerprint(lab.data_dir(), test_paths(lab)),
+            "environment": environment(),
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+
+
+def _json_safe(d: dict) -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            out[k] = v
+        else:
+            out[k] = repr(v)[:200]
+    return out
