@@ -130,7 +130,10 @@ class SandboxedProcess:
             cfg["landlock"] = {"rules": rules, "network": bool(pol.network)}
             if info.get("seccomp"):
                 cfg["seccomp"] = {"block_inet": not pol.network}
-            iso.update(landlock_abi=info.get("abi"), seccomp=bool(info.get("seccomp")), gaps=info.get("gaps", []))
+            iso.update(landlock_abi=info.get("abi"), seccomp=bool(info.get("seccomp")), gaps=info.get("gaps", []),
+                       summary="landlock: reads limited to the host minus hidden paths/$HOME//tmp//run//dev, writes "
+                       "only to the run dir and /dev/shm; TCP and signals scoped; capabilities dropped; seccomp: "
+                       + ("no sockets but AF_UNIX, " if not pol.network else "") + "deny-list of dangerous syscalls")
             if gpu:
                 self.warnings.append("GPU under Landlock is best effort (the NVIDIA driver writes /proc/<pid>/task/"
                                      "<tid>/comm, which Landlock denies); prefer bwrap")
@@ -138,9 +141,14 @@ class SandboxedProcess:
             # seccomp deny-list of dangerous syscalls inside bwrap too; network is the net namespace's job
             if backends.probe_landlock().get("seccomp"):
                 cfg["seccomp"] = {"block_inet": False}
-            iso.update(bwrap=backends.probe_bwrap().get("path"), pid_namespace=True, net_namespace=not pol.network)
+            iso.update(bwrap=backends.probe_bwrap().get("path"), pid_namespace=True, net_namespace=not pol.network,
+                       summary="bwrap: user/pid/ipc/uts/cgroup/mount namespaces" + ("" if pol.network else " + net")
+                       + "; all capabilities dropped; read-only root; private /tmp /run /var/tmp /dev $HOME; "
+                       "read-only /proc/sys; hidden paths masked; run dir the only writable host path; "
+                       "seccomp deny-list (ptrace, mount, bpf, io_uring, keyctl, namespaces, ...)")
         else:
             self.warnings.append(NOT_ISOLATED)
+            iso["summary"] = "none: clean environment, rlimits, cgroup limits, tree kill, capped logs; NOT ISOLATED"
         if pol.network:
             self.warnings.append("network access is ON for this run")
         cmd = [py, "-I", "-S", "-c", backends.LAUNCHER_SRC, json.dumps(cfg), self._token]
@@ -272,7 +280,9 @@ class SandboxedProcess:
         try:
             for c in psutil.Process(p.pid).children(recursive=True):
                 try:
-                    if self._token in c.cmdline():
+                    cmd = c.cmdline()
+                    # bwrap's own processes carry the launcher's argv after "--" too: match the launcher itself
+                    if cmd and cmd[-1] == self._token and cmd[1:3] == ["-I", "-S"]:
                         return c.pid
                 except psutil.Error:
                     pass
