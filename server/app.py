@@ -16,6 +16,7 @@ from pydantic import Field
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceError
 from mcp.server.mcpserver.exceptions import ToolError as MCPToolError
 from mcp.types import ToolAnnotations
 
@@ -230,26 +231,46 @@ async def read_notes(
 
 
 # -- resources and prompts -----------------------------------------------------------------
+async def _read(fn: Callable[[Lab], str]) -> str:
+    """Run a resource read in a worker thread, under the store lock; our errors reach the client
+    as ResourceError with the reason and the fix (anything else shows as a bare 'Error reading')."""
+    try:
+        lab = _lab()
+    except MCPToolError as exc:
+        raise ResourceError(str(exc)) from None
+
+    def body() -> str:
+        with state.lock:
+            return fn(lab)
+
+    try:
+        return await anyio.to_thread.run_sync(body)
+    except ToolError as exc:
+        raise ResourceError(str(exc)) from None
+
+
 @mcp.resource("experiments://{experiment_id}", mime_type="application/json")
-def experiment_resource(experiment_id: str) -> str:
-    """One experiment, as show_experiment returns it."""
-    if not experiment_id.isdigit():
-        raise ValueError(f"experiment id must be a number, got {experiment_id!r}")
-    with state.lock:
-        return ex.show_experiment(_lab(), int(experiment_id)).model_dump_json(indent=1)
+async def experiment_resource(experiment_id: str) -> str:
+    """One experiment, as show_experiment returns it (experiments://<id>, the id from read_results)."""
+    if not (experiment_id.isascii() and experiment_id.isdigit()) or len(experiment_id) > 10:
+        raise ResourceError(f"experiments://{experiment_id[:40]}: the id must be a positive integer. "
+                            f"Fix: use experiments://<id> with an id from read_results, e.g. experiments://1.")
+    exp_id = int(experiment_id)
+    if not 1 <= exp_id <= 10**9:
+        raise ResourceError(f"experiments://{exp_id}: ids start at 1. Fix: use an id from read_results.")
+    return await _read(lambda lab: ex.show_experiment(lab, exp_id).model_dump_json(indent=1))
 
 
 @mcp.resource("notes://recent", mime_type="application/json")
-def recent_notes() -> str:
+async def recent_notes() -> str:
     """The 20 most recent research notes."""
-    with state.lock:
-        return ex.read_notes(_lab(), 20).model_dump_json(indent=1)
+    return await _read(lambda lab: ex.read_notes(lab, 20).model_dump_json(indent=1))
 
 
 @mcp.resource("program://agents", mime_type="text/markdown")
-def program_resource() -> str:
+async def program_resource() -> str:
     """The research program (AGENTS.md of this workspace)."""
-    return program.read_program(_lab().root)
+    return await _read(lambda lab: program.read_program(lab.root))
 
 
 @mcp.prompt()

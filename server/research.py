@@ -5,17 +5,12 @@ Thin functions over tools.search and tools.history; all read-only and bounded.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable
+from typing import Annotated
 
-import anyio
 from pydantic import Field
 
-from mcp.server.mcpserver.exceptions import ResourceError
-
-from server.app import READ_ONLY, _call, _lab, mcp, state
-from tools import experiments as ex
+from server.app import READ_ONLY, _call, _read, mcp
 from tools import history, search
-from tools.errors import ToolError
 from tools.schemas import Status
 
 
@@ -54,43 +49,10 @@ async def best_trajectory(
 
 
 # -- resources -----------------------------------------------------------------------------
-async def _read(fn: Callable[[Any], str]) -> str:
-    """Run a resource read in a worker thread, under the store lock; our errors reach the client
-    as ResourceError (any other exception would reach it as a bare 'Error reading resource')."""
-    try:
-        lab = _lab()
-    except Exception as exc:
-        raise ResourceError(str(exc)) from None
-
-    def body() -> str:
-        with state.lock:
-            return fn(lab)
-
-    try:
-        return await anyio.to_thread.run_sync(body)
-    except ToolError as exc:
-        raise ResourceError(str(exc)) from None
-
-
 @mcp.resource("leaderboard://top", mime_type="application/json")
 async def leaderboard_resource() -> str:
     """The 10 best successful experiments and the best-so-far trajectory."""
     return await _read(lambda lab: history.leaderboard(lab).model_dump_json(indent=1))
-
-
-# This replaces server/app.py's registration of the same template (the later one wins in the SDK's
-# template table): there a non-numeric or unknown id raised ValueError/ToolError, which the SDK
-# hides behind "Error creating resource from template ..."; here the client reads why and the fix.
-@mcp.resource("experiments://{experiment_id}", mime_type="application/json")
-async def experiment_resource(experiment_id: str) -> str:
-    """One experiment, as show_experiment returns it (experiments://<id>, the id from read_results)."""
-    if not (experiment_id.isascii() and experiment_id.isdigit()) or len(experiment_id) > 10:
-        raise ResourceError(f"experiments://{experiment_id[:40]}: the id must be a positive integer. "
-                            f"Fix: use experiments://<id> with an id from read_results, e.g. experiments://1.")
-    exp_id = int(experiment_id)
-    if not 1 <= exp_id <= 10**9:
-        raise ResourceError(f"experiments://{exp_id}: ids start at 1. Fix: use an id from read_results.")
-    return await _read(lambda lab: ex.show_experiment(lab, exp_id).model_dump_json(indent=1))
 
 
 # -- prompts -------------------------------------------------------------------------------

@@ -210,3 +210,17 @@ def test_a_client_that_gives_up_leaves_the_run_going(toy_ws):
 
     s = anyio.run(main)
     assert s["status"] == "succeeded", s
+
+
+def test_a_tools_folder_in_the_workspace_does_not_shadow_the_supervisor(toy_ws, tmp_path):
+    marker = tmp_path / "shadowed"
+    (toy_ws / "tools").mkdir()
+    (toy_ws / "tools" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').write('ran outside the sandbox')\n")
+    lab = Lab.open(toy_ws)
+    try:
+        from tools import experiments as ex
+        s = ex.run_experiment(lab, "baseline with a hostile tools/ folder around", params={"STEPS": 5})
+        assert s.status == "succeeded"
+        assert not marker.exists()
+    finally:
+        lab.close()

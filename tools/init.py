@@ -41,8 +41,8 @@ def render_train_py(preset: str) -> str:
 
 def prepare_data(data_dir: Path, preset: str) -> None:
     """Generate the synthetic prints and their tensor cache, in a child (torch stays out of here)."""
-    proc = subprocess.run([sys.executable, "-m", "model.prepare", "--data", str(data_dir), "--preset", preset],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-P", "-m", "model.prepare", "--data", str(data_dir), "--preset", preset],
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=str(Path(data_dir).parent))
     if proc.returncode != 0:
         raise ToolError(f"preparing the dataset in {data_dir} failed:\n{proc.stderr[-2000:]}")
 
@@ -95,7 +95,7 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
     (root / "AGENTS.md").write_text(default_program())
     (root / "CLAUDE.md").write_text("@AGENTS.md\n")
     (root / ".gitignore").write_text(f"{STATE_DIR}/\ndata/\n__pycache__/\nrun/\n")
-    clients.write_client_configs(root, ["claude", *(client_names or [])], max_call_s=budget + 600)
+    clients.write_client_configs(root, ["claude", *(client_names or [])], max_call_s=clients.call_timeout_s(budget))
     ws = Workspace(root, ["train.py"])
     if ws.head() is None:
         ws.commit_all(f"autoresearch workspace ({preset} preset)")

@@ -66,8 +66,10 @@ def ensure_supervisor(lab: Lab) -> None:
     """Start a detached supervisor; it exits at once when every slot is already busy."""
     log = open(lab.state_dir / "supervisor.log", "ab")
     try:
-        subprocess.Popen([sys.executable, "-m", "tools.supervisor", str(lab.root)], stdin=subprocess.DEVNULL,
-                         stdout=log, stderr=log, start_new_session=True, close_fds=True, cwd=str(lab.root))
+        # -P and a cwd outside the workspace: a tools/ folder an agent left in the workspace must not
+        # shadow our package in this unsandboxed process.
+        subprocess.Popen([sys.executable, "-P", "-m", "tools.supervisor", str(lab.root)], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=log, start_new_session=True, close_fds=True, cwd=str(lab.state_dir))
     finally:
         log.close()
 
