@@ -229,3 +229,26 @@ def test_cgroups_are_cleaned_up(tmp_path):
         assert not Path(leaf).exists(), leaf
     for h in _cgroup.discover():
         assert not [d for d in h.base.iterdir() if d.is_dir() and d.name.startswith(f"{os.getpid()}-")]
+
+
+@pytest.mark.parametrize("backend", [b for b in ("bwrap", "landlock", "none") if AV[b]["available"]])
+def test_launch_from_a_short_lived_thread(tmp_path, backend):
+    """PDEATHSIG (bwrap --die-with-parent, the launcher's) fires when the *thread* that forked exits:
+    launch() from a thread that ends at once must not kill the run."""
+    import threading
+    import warnings
+
+    box = {}
+
+    def starter():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            box["proc"] = launch(_policy(tmp_path, script="import time; time.sleep(1.0); print('survived')"),
+                                 backend=backend)
+
+    t = threading.Thread(target=starter)
+    t.start()
+    t.join()
+    res = box["proc"].wait(30)
+    assert res.ok, (res, res.stderr_path.read_text())
+    assert "survived" in res.stdout_path.read_text()
