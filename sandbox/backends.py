@@ -300,7 +300,7 @@ def doctor_report() -> dict[str, Any]:
                "RLIMIT_NPROC (per uid) + process-count watchdog" if uid != 0 else
                "process-count watchdog only (RLIMIT_NPROC is not enforced for root)")
     mem_by = ("cgroup v2 memory.max" if "memory" in v2_ctrls else "cgroup v1 memory.limit_in_bytes"
-              if "memory" in kinds else "RSS-of-tree watchdog (+ RLIMIT_AS per process when no GPU)")
+              if "memory" in kinds else "PSS-of-tree watchdog (+ RLIMIT_AS per process when no GPU)")
     kill_by = {"bwrap": "PID namespace (+ cgroup)", "landlock": "subreaper launcher", "none": "subreaper launcher"}
     kill = kill_by.get(chosen, "?")
     if kinds and chosen != "bwrap":
@@ -321,7 +321,7 @@ def doctor_report() -> dict[str, Any]:
             "tree_kill": kill,
             "wall_time": "supervisor timer (SIGTERM, grace, SIGKILL of the whole tree)",
             "rlimits": "CPU (hard = soft + 5 s), FSIZE, NOFILE, CORE=0, NPROC when not root",
-            "rss_watchdog": "used when no memory cgroup is writable",
+            "rss_watchdog": "tree PSS every 0.25 s when no memory cgroup is writable",
         },
         "gpu_nodes": nodes,
         "python": sys.executable,

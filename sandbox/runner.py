@@ -98,7 +98,7 @@ class SandboxedProcess:
         if lim.memory_bytes and not self._cg.memory_limited:
             if not gpu:
                 rl["RLIMIT_AS"] = [int(lim.memory_bytes)] * 2
-            self.warnings.append("no memory cgroup: memory limit enforced by an RSS watchdog"
+            self.warnings.append("no memory cgroup: memory limit enforced by a PSS-of-tree watchdog"
                                  + ("" if gpu else " and RLIMIT_AS per process"))
         self._host_tmp = None
         tmpdir = None
@@ -229,7 +229,7 @@ class SandboxedProcess:
                 next_sample = now + WATCH_INTERVAL
                 rss, n = self._sample_tree()
                 if watch_mem and rss > lim.memory_bytes:
-                    status, reason = "memory", f"tree RSS {rss} > memory limit {lim.memory_bytes} (watchdog)"
+                    status, reason = "memory", f"tree memory (PSS) {rss} > memory limit {lim.memory_bytes} (watchdog)"
                     break
                 if watch_pids and n > lim.max_processes + 3:  # + bwrap/launcher processes
                     status, reason = "error", f"{n} processes > limit {lim.max_processes} (watchdog)"
@@ -261,7 +261,7 @@ class SandboxedProcess:
         total = 0
         for pr in procs:
             try:
-                total += pr.memory_info().rss
+                total += _pss(pr.pid) or pr.memory_info().rss
                 if pr.pid not in self._seen:
                     self._seen[pr.pid] = pr.create_time()
             except psutil.Error:
@@ -357,7 +357,7 @@ class SandboxedProcess:
         wall = time.monotonic() - self._t0
         report = self._read_status()
         peak = self._cg.memory_peak()
-        peak_src = "cgroup (includes page cache)" if peak is not None else "sampled tree RSS"
+        peak_src = "cgroup (includes page cache)" if peak is not None else "sampled tree PSS (RSS where PSS is unreadable)"
         oom = self._cg.oom_kills()
         pids_hits = self._cg.pids_max_hits()
         self._cg.cleanup()
@@ -436,6 +436,18 @@ class SandboxedProcess:
                 return f.read().decode(errors="replace").strip()
         except OSError:
             return ""
+
+
+def _pss(pid: int) -> int | None:
+    """Proportional set size (shared pages split between sharers, so a tree's sum is not inflated)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", "rb") as f:
+            for line in f:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def _count_user_tasks(uid: int) -> int:
