@@ -16,7 +16,8 @@ What it does:
     remaining descendant (setsid'd, double-forked ones included: they reparent
     to us because we are a subreaper) and reaps them;
   * reports {"returncode": ...} as one JSON line on a status fd that only the
-    parent holds.
+    parent holds; that pipe is also the lifeline: when the parent dies, its read end
+    closes, we see POLLERR, and we stop the tree as on SIGTERM.
 """
 
 import ctypes
@@ -465,12 +466,26 @@ def main():
             if p == pid and main_status is None:
                 main_status = st
 
+    # Lifeline: the caller holds the only read end of the status pipe. When the caller dies (even by
+    # SIGKILL, even before any PDEATHSIG was armed) our write end reports POLLERR: stop everything.
+    poller = select.poll()
+    poller.register(wake_r, select.POLLIN)
+    poller.register(status_fd, 0)
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
     while True:
-        rlist = list(fds) + [wake_r]
         try:
-            ready, _, _ = select.select(rlist, [], [], 0.1)
+            events = poller.poll(100)
         except InterruptedError:
-            ready = []
+            events = []
+        ready = []
+        for fd, ev in events:
+            if fd == status_fd:
+                if ev & (select.POLLERR | select.POLLHUP) and not term:
+                    term.append("caller gone")
+                    poller.unregister(status_fd)
+                continue
+            ready.append(fd)
         for fd in ready:
             if fd == wake_r:
                 try:
@@ -485,6 +500,7 @@ def main():
             if data:
                 logs[fds[fd]].write(data)
             else:
+                poller.unregister(fd)
                 os.close(fd)
                 del fds[fd]
         has_children = reap()
@@ -507,6 +523,7 @@ def main():
                 break
             if eof_deadline is not None and time.monotonic() > eof_deadline:
                 for fd in list(fds):
+                    poller.unregister(fd)
                     os.close(fd)
                     del fds[fd]
                 break
