@@ -62,8 +62,12 @@ def probe_bwrap() -> dict[str, Any]:
             err = p.stderr.decode(errors="replace").strip()
             if p.returncode == 0:
                 ver = subprocess.run([path, "--version"], capture_output=True, text=True, env={}, timeout=5)
-                return {"available": True, "path": path, "origin": origin, "version": ver.stdout.strip(),
+                info = {"available": True, "path": path, "origin": origin, "version": ver.stdout.strip(),
                         "why": "probe passed", "tried": tried}
+                if os.getuid() == 0:
+                    info["note"] = ("caller is root: the sandbox runs as uid 0 with every capability dropped "
+                                    "(read-only filesystem, no uid switch)")
+                return info
             tried.append(f"{path} ({origin}): exit {p.returncode}: {err[-300:]}")
         except (OSError, subprocess.SubprocessError) as e:
             tried.append(f"{path} ({origin}): {e}")
@@ -90,7 +94,8 @@ def probe_landlock() -> dict[str, Any]:
             err, f"landlock_create_ruleset failed: errno {err}")
         return {"available": False, "abi": 0, "why": why, "fix": FIX_LANDLOCK, "seccomp": seccomp}
     gaps = ["pathname Unix sockets stay connectable (Landlock ABI < 8 cannot restrict connect())",
-            "/dev/shm is the host's (shared, writable)", "no PID namespace: /proc lists host processes"]
+            "/dev/shm is the host's (shared, writable)", "no PID namespace: /proc lists host processes",
+            "read-only paths inside the run dir (the code snapshot) are writable: Landlock cannot subtract"]
     if not seccomp:
         gaps.append(f"no seccomp filter on {machine}: UDP and other non-TCP sockets are NOT blocked")
     if abi < 4:
