@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 
+import escape_via_product
 from sandbox import testing as T
 from sandbox.backends import available_backends
 
@@ -291,7 +292,10 @@ LANDLOCK_GAPS = {
 }
 
 
-def _probe(tree: T.Tree, listener: Listener, backend: str, harmless: bool) -> tuple[T.HostileRun, dict]:
+def _probe(tree: T.Tree, listener: Listener, backend: str, harmless: bool,
+           route: str = "sandbox") -> tuple[T.HostileRun, dict]:
+    if route == "product":
+        escape_via_product.prepare_workspace(tree, backend)
     targets = {
         "write": {
             "write_home": str(tree.home / f"escape-{TAG}"),
@@ -316,7 +320,7 @@ def _probe(tree: T.Tree, listener: Listener, backend: str, harmless: bool) -> tu
     data_hash = hashlib.sha256((tree.data / "train.jsonl").read_bytes()).hexdigest()
     hits_before = len(listener.hits)
     # the supervisor's pid is only known once started: the probe reads it from a file the test writes
-    run = _run_with_supervisor_pid(tree, backend, env)
+    run = _run_with_supervisor_pid(tree, backend, env, route)
     time.sleep(0.3)  # let the listener thread record late datagrams
     hits = listener.hits[hits_before:]
     host = {}  # check name -> escaped? (host-side evidence)
@@ -341,7 +345,9 @@ def _probe(tree: T.Tree, listener: Listener, backend: str, harmless: bool) -> tu
     return run, host
 
 
-def _run_with_supervisor_pid(tree, backend, env):
+def _run_with_supervisor_pid(tree, backend, env, route="sandbox"):
+    if route == "product":  # through run_experiment; the probe tries to signal the driver (the "server")
+        return escape_via_product.run_hostile_via_product(tree, PROBE, dict(env, P_SUPERVISOR=str(os.getpid())))
     env = dict(env, P_SUPERVISOR=T.SUPERVISOR_PID)  # the driver substitutes its own pid
     return T.run_hostile(tree, PROBE, backend, env=env)
 
@@ -354,15 +360,22 @@ def _cleanup_host():
             pass
 
 
-@pytest.fixture(scope="module", params=_backend_params())
+def _probe_params():
+    """Each backend twice: straight through sandbox.launch, and through the product's run_experiment."""
+    return [pytest.param((p.values[0], route), marks=p.marks, id=f"{p.id}-{route}")
+            for p in _backend_params() for route in ("sandbox", "product")]
+
+
+@pytest.fixture(scope="module", params=_probe_params())
 def probe(request, tmp_path_factory, listener):
-    backend = _effective(request.param)
-    tree = T.Tree.make(tmp_path_factory.mktemp(f"probe-{request.param}"))
+    name, route = request.param
+    backend = _effective(name)
+    tree = T.Tree.make(tmp_path_factory.mktemp(f"probe-{name}-{route}"))
     try:
-        run, host = _probe(tree, listener, backend, harmless=(backend == "none"))
+        run, host = _probe(tree, listener, backend, harmless=(backend == "none"), route=route)
     finally:
         _cleanup_host()
-    yield request.param, run, host
+    yield name, run, host
 
 
 @pytest.mark.parametrize("check", CHECKS)
@@ -394,11 +407,12 @@ def test_symlink_removed_and_reported(probe):
 
 
 # ----------------------------------------------------------------------------- negative control
-def test_negative_control_none_escapes(tmp_path, listener):
+@pytest.mark.parametrize("route", ["sandbox", "product"])
+def test_negative_control_none_escapes(tmp_path, listener, route):
     """With isolation off (backend 'none') the same probe DOES get out: the suite can fail."""
     tree = T.Tree.make(tmp_path / "neg")
     try:
-        run, host = _probe(tree, listener, "none", harmless=True)
+        run, host = _probe(tree, listener, "none", harmless=True, route=route)
     finally:
         _cleanup_host()
     assert run.result and run.result["status"] == "exited", (run.result, run.driver_stderr[-2000:])

@@ -63,6 +63,8 @@ class WorkspaceConfig(BaseModel):
                                    description="extra wall time after the budget for eval and writing metrics")
     data: str | None = Field(None, description="dataset root (read-only inside runs)")
     test_annotations: str | None = Field(None, description="held-out test annotations, never mounted into agent runs")
+    read_only: list[str] = Field(default_factory=list, max_length=50,
+                                 description="extra paths runs may read (e.g. local pretrained weights)")
     sandbox: Literal["auto", "strict", "bwrap", "landlock", "none"] = Field(
         "auto", description="auto: best available; strict: refuse without bwrap; bwrap|landlock|none: exactly that "
                             "backend (none = no isolation, not advised)")

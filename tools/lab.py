@@ -39,6 +39,10 @@ class Lab:
     def run_dir(self, experiment_id: int) -> Path:
         return self.state_dir / "runs" / str(experiment_id)
 
+    def resolve(self, path: str) -> Path:
+        p = Path(path).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
     def data_dir(self) -> Path | None:
         if not self.config.data:
             return None

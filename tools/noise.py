@@ -217,6 +217,8 @@ def group_summary(lab: Lab, root_id: int, submitted: list[int] | None = None) ->
     pending = [m.id for m in members if m.status in ("queued", "running")]
     if pending:
         out.next = f"runs {pending} are not finished: poll experiment_status(id) or call rerun_experiment with wait=true"
+    elif (out.verdict_reason or "").startswith("seed rerun of the current best"):
+        out.next = "the best's noise is measured: continue the loop; later verdicts use this group's std"
     elif out.verdict == "improved" and out.kept_id:
         out.next = "the group beats the best beyond the noise: it is kept; write_note with the numbers"
     elif out.verdict == "inconclusive":

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -74,6 +75,17 @@ def ensure_supervisor(lab: Lab) -> None:
         log.close()
 
 
+# -- reading the run dir (written by untrusted code: never follow its symlinks) -------------
+def open_run_file(path: Path):
+    """Open a file of a run dir for reading without following a symlink the child planted there
+    (it could point at a host file this unsandboxed process may read)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb")
+
+
 # -- reading progress ----------------------------------------------------------------------
 @dataclass
 class Progress:
@@ -86,7 +98,7 @@ def latest_progress(run_dir: Path) -> Progress:
     """The last line of events.jsonl, read from the file's end (cheap on long runs)."""
     path = Path(run_dir) / "events.jsonl"
     try:
-        with open(path, "rb") as f:
+        with open_run_file(path) as f:
             f.seek(0, os.SEEK_END)
             size = f.tell()
             f.seek(max(0, size - 8192))
@@ -108,7 +120,7 @@ def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
     for name in ("stderr.log", "stdout.log"):
         path = Path(run_dir) / name
         try:
-            with open(path, "rb") as f:
+            with open_run_file(path) as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 64 * 1024))
                 text = f.read().decode(errors="replace")
@@ -136,6 +148,7 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     harness = harness_dir()
     if harness is not None:
         read_only.append(harness)
+    read_only += [lab.resolve(p) for p in cfg.read_only]
     params = json.loads(exp["params_json"] or "{}")
     if params:
         (run_dir / "params.json").write_text(json.dumps(params, indent=2))
@@ -193,7 +206,8 @@ def read_metrics(run_dir: Path) -> tuple[dict | None, str | None]:
     if not path.exists():
         return None, "metrics.json was not written"
     try:
-        data = json.loads(path.read_text())
+        with open_run_file(path) as f:
+            data = json.loads(f.read(8 * 2**20))
     except (OSError, ValueError) as exc:
         return None, f"metrics.json is not valid JSON: {exc}"
     if not isinstance(data, dict):
@@ -218,7 +232,7 @@ def read_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
     """Per-step loss from events.jsonl, evenly thinned to a bounded count."""
     rows = []
     try:
-        with open(Path(run_dir) / "events.jsonl", "rb") as f:
+        with open_run_file(Path(run_dir) / "events.jsonl") as f:
             for line in f:
                 try:
                     ev = json.loads(line)
@@ -299,8 +313,9 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
             fields["peak_memory_gb"] = mem
         config["run"] = {k: v for k, v in metrics.items() if _num(v) is None and k != "folds"}
     if result is not None:
-        config["sandbox"] = {"backend": result.backend, "network": getattr(result, "network", False),
-                             "warnings": list(getattr(result, "warnings", []) or [])[:5]}
+        config["sandbox"] = {"backend": result.backend, "network": result.network,
+                             "warnings": list(result.warnings or [])[:8], "isolation": result.isolation,
+                             "limits": result.limits}
     fields["config_json"] = json.dumps(config, default=str)
     with store.transaction() as conn:
         if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/noise.py)
