@@ -128,3 +128,31 @@ def test_unisolated_backend_is_reported_loudly(lab):
     s = ex.run_experiment(lab, "no isolation on purpose", params={"STEPS": 5})
     assert s.status == "succeeded" and s.sandbox == "none"
     assert s.warnings and any("NOT ISOLATED" in w for w in s.warnings)
+
+
+def test_run_dir_symlinks_are_not_followed(lab, tmp_path):
+    secret = tmp_path / "host-secret.txt"
+    secret.write_text("HOST-SECRET-CONTENT\n")
+    toml = lab.root / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('sandbox = "auto"', 'sandbox = "none"'))  # the weakest case
+    (lab.root / "train.py").write_text(
+        "import os, sys\nrd = os.environ['AR_RUN_DIR']\n"
+        "for name in ('stdout.log', 'stderr.log', 'metrics.json', 'events.jsonl'):\n"
+        "    p = os.path.join(rd, name)\n"
+        "    if os.path.lexists(p): os.unlink(p)\n"
+        f"    os.symlink({str(secret)!r}, p)\n"
+        "sys.exit(3)\n")
+    s = ex.run_experiment(lab, "plants symlinks to a host file")
+    assert s.status == "failed"
+    assert "HOST-SECRET" not in (s.error or "")
+    assert "HOST-SECRET" not in ex.show_experiment(lab, s.id).model_dump_json()
+    # the reader itself refuses links (the sandbox also removes outside links after a run, but the
+    # server reads logs while the run is still going)
+    link = lab.run_dir(s.id) / "planted-link"
+    link.symlink_to(secret)
+    with pytest.raises(OSError):
+        runs.open_run_file(link)
+    assert runs.log_tail(lab.run_dir(s.id)) is not None
+    (lab.run_dir(s.id) / "stderr.log").unlink(missing_ok=True)
+    (lab.run_dir(s.id) / "stderr.log").symlink_to(secret)
+    assert "HOST-SECRET" not in runs.log_tail(lab.run_dir(s.id))
