@@ -324,3 +324,16 @@ async def test_plot_progress_is_a_png_and_export_is_results_tsv(lab, tmp_path):
     assert cli(["export", "--format", "csv", "-w", str(lab.root)]) == 2
     audit = [r["tool"] for r in lab.store.audit_rows(50)]
     assert "plot_progress" in audit and "cli:plot" in audit and "cli:export" in audit
+
+
+def test_demo_measures_the_baseline_noise_with_repeats(tmp_path, capsys):
+    root = tmp_path / "demo"
+    assert cli(["demo", str(root), "--preset", "toy", "--repeats", "2"]) == 0
+    assert "baseline noise from 3 seeds" in capsys.readouterr().out
+    lab = Lab.open(root)
+    try:
+        row = lab.store.get_experiment(1)
+        assert row["kept"] and row["group_n"] == 3 and row["group_std"] > 0
+        assert noise.group_summary(lab, 1).next.startswith("the best's noise is measured")
+    finally:
+        lab.close()
