@@ -72,10 +72,12 @@ def classify(lab: Lab, path: str, code_dir: Path) -> str:
 
 def denied_accesses(lab: Lab, run_dir: Path) -> list[dict]:
     """Denied file accesses reported in the run's logs (stderr, then stdout; last 256 KB of each)."""
+    from tools.runs import open_run_file  # never follows a symlink the child planted
+
     found, seen = [], set()
     for name in ("stderr.log", "stdout.log"):
         try:
-            with open(Path(run_dir) / name, "rb") as f:
+            with open_run_file(Path(run_dir) / name) as f:
                 f.seek(0, os.SEEK_END)
                 f.seek(max(0, f.tell() - 256 * 1024))
                 text = f.read().decode(errors="replace")
@@ -195,7 +197,8 @@ def evaluate_test(lab: Lab, experiment_id: int, *, requested_by: str = "cli", ag
         if status == "succeeded":
             path = run_dir / "test_metrics.json"
             try:
-                metrics = json.loads(path.read_text())
+                with runs.open_run_file(path) as f:
+                    metrics = json.loads(f.read(4 << 20))
                 if not isinstance(metrics, dict):
                     raise ValueError("not a JSON object")
             except (OSError, ValueError) as exc:
