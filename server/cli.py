@@ -88,7 +88,7 @@ def print_results(table) -> None:
 def cmd_init(args) -> int:
     from tools.init import init_workspace
     root = init_workspace(Path(args.dir), preset=args.preset, data=args.data, time_budget_s=args.time_budget,
-                          client_names=args.client, force=args.force)
+                          client_names=args.client, force=args.force, synthetic=args.synthetic)
     print(f"workspace ready: {root}\n  next: cd {root} && claude   (or: autoresearch run -w {root} -m 'baseline')")
     return 0
 
@@ -248,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--client", action="append", choices=["codex", "cursor", "vscode", "gemini"],
                     help="also write this client's MCP config (repeatable)")
     sp.add_argument("--force", action="store_true")
+    sp.add_argument("--synthetic", default="default", choices=["default", "small"],
+                    help="size of the generated synthetic prints (small: for quick trials and tests)")
     sp.set_defaults(fn=cmd_init)
 
     sp = sub.add_parser("demo", help="make a workspace, run a baseline, print the results")

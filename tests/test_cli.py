@@ -60,3 +60,19 @@ def test_server_process_stays_light():
     code = "import sys, server.app, server.cli; print(sorted(m for m in ('torch', 'open_clip', 'torchvision') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_init_tiny_and_a_short_eclip_run(tmp_path):
+    """The real template end to end through the product: synthetic prints, sandbox, metrics contract."""
+    ws = tmp_path / "eclip"
+    ar("init", str(ws), "--preset", "tiny", "--synthetic", "small")
+    toml = (ws / "autoresearch.toml").read_text()
+    assert 'data = "data/synthetic-prints"' in toml and "heldout" in toml
+    r = ar("run", "-m", "three-step smoke run", "--params", '{"MAX_STEPS": 3, "EVAL_BATCH_SIZE": 64}', cwd=ws)
+    assert "succeeded, verdict baseline" in r.stdout, r.stdout
+    show = json.loads(ar("show", "1", cwd=ws).stdout)
+    m = show["metrics"]
+    for key in ("objective", "mean_rank", "random_mean_rank", "i2t_r1", "t2i_r1", "i2t_median_rank", "steps"):
+        assert key in m, key
+    assert m["objective"] == m["mean_rank"] and m["steps"] == 3
+    assert show["config"]["run"]["objective_name"] == "mean_rank"

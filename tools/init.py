@@ -39,9 +39,11 @@ def render_train_py(preset: str) -> str:
         raise ToolError(f"--preset {preset!r}: {exc}") from None
 
 
-def prepare_data(data_dir: Path, preset: str) -> None:
+def prepare_data(data_dir: Path, preset: str, synthetic: str = "default") -> None:
     """Generate the synthetic prints and their tensor cache, in a child (torch stays out of here)."""
-    proc = subprocess.run([sys.executable, "-P", "-m", "model.prepare", "--data", str(data_dir), "--preset", preset],
+    Path(data_dir).parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([sys.executable, "-P", "-m", "model.prepare", "--data", str(data_dir), "--preset", preset,
+                           "--synthetic", synthetic],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=str(Path(data_dir).parent))
     if proc.returncode != 0:
         raise ToolError(f"preparing the dataset in {data_dir} failed:\n{proc.stderr[-2000:]}")
@@ -57,7 +59,7 @@ def test_annotations_of(data_path: Path) -> Path | None:
 
 
 def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None, time_budget_s: float | None = None,
-                   client_names: list[str] | None = None, force: bool = False) -> Path:
+                   client_names: list[str] | None = None, force: bool = False, synthetic: str = "default") -> Path:
     root = Path(root).resolve()
     if (root / CONFIG_NAME).exists() and not force:
         raise ToolError(f"{root} is already a workspace ({CONFIG_NAME} exists). Fix: pick another folder or --force.")
@@ -78,7 +80,7 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
             if not data_path.is_dir():
                 raise ToolError(f"--data {data!r} is not a folder. Fix: point it at a dataset root (see README).")
             data = str(data_path)
-        prepare_data(data_path, preset)  # generates synthetic prints only where there is no dataset
+        prepare_data(data_path, preset, synthetic)  # generates synthetic prints only where there is no dataset
         test = test_annotations_of(data_path)
         if test is not None and test.exists():
             test_annotations = str(test.relative_to(root)) if test.is_relative_to(root) else str(test)
