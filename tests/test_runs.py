@@ -156,3 +156,14 @@ def test_run_dir_symlinks_are_not_followed(lab, tmp_path):
     (lab.run_dir(s.id) / "stderr.log").unlink(missing_ok=True)
     (lab.run_dir(s.id) / "stderr.log").symlink_to(secret)
     assert "HOST-SECRET" not in runs.log_tail(lab.run_dir(s.id))
+
+
+def test_params_are_baked_into_the_snapshot_so_revert_restores_them(lab):
+    ex.run_experiment(lab, "baseline")
+    s = ex.run_experiment(lab, "LR via params", params={"LR": 0.5})
+    assert s.verdict == "improved"
+    train = lab.root / "train.py"
+    assert "LR = 0.1 " in train.read_text()  # the workspace file itself is not touched by a run
+    ex.revert(lab, "best")
+    assert "LR = 0.5 " in train.read_text()
+    assert ex.run_experiment(lab, "best again, no params").objective == pytest.approx(s.objective)

@@ -35,3 +35,12 @@ def test_restore_makes_bytes_equal_and_touches_nothing_else(toy_ws):
     assert ws.restore(first) == []  # idempotent
     ws.advance_best(first)
     assert ws.ref(BEST_REF) == first
+
+
+def test_apply_constants_rewrites_single_top_level_lines():
+    from tools.workspace import apply_constants
+    text = "LR = 1e-3   # peak\nSTEPS=10\nX = 1\nX = 2\n    LR = 5\nNAME = 'a'\n"
+    out, left = apply_constants(text, {"LR": 0.5, "STEPS": 20, "X": 3, "MISSING": 1, "NAME": "b"})
+    assert "LR = 0.5   # peak\n" in out and "STEPS = 20\n" in out and "NAME = 'b'\n" in out
+    assert "    LR = 5" in out  # indented lines are not top-level constants
+    assert left == {"X": 3, "MISSING": 1}  # ambiguous or absent: left to AR_PARAMS

@@ -49,7 +49,8 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
     # Commit first, then record the row already 'queued' with its commit: a submitter killed at
     # any point leaves either nothing or a complete queued run, never a half-made one.
     if commit is None:
-        commit = lab.workspace.snapshot(f"experiment: {description}\n\n{hypothesis or ''}".strip())
+        commit = lab.workspace.snapshot(f"experiment: {description}\n\n{hypothesis or ''}".strip(),
+                                        contents=_baked_params(lab, params))
     elif lab.workspace.ref(commit) != commit:
         raise ToolError(f"commit={commit!r} is not a snapshot in this workspace. Fix: rerun an experiment by its id.")
     config["provenance"] = provenance(lab, commit, params)
@@ -61,6 +62,17 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
     lab.workspace.set_experiment_ref(exp_id, commit)
     ensure_supervisor(lab)
     return exp_id
+
+
+def _baked_params(lab: Lab, params: dict) -> dict[str, bytes]:
+    """The experiment script with `params` written into its constants (AR_PARAMS still carries them)."""
+    from tools.workspace import apply_constants
+    cfg = lab.config
+    script = next((a for a in cfg.command[1:] if a in cfg.editable), None)
+    if not params or script is None or not (lab.root / script).is_file():
+        return {}
+    text, _ = apply_constants((lab.root / script).read_text(), params)
+    return {script: text.encode()}
 
 
 def ensure_supervisor(lab: Lab) -> None:
