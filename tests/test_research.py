@@ -141,7 +141,8 @@ async def test_compare_gives_config_code_and_metric_deltas_with_noise(client, hi
 
     cmp = data(await client.call_tool("compare_experiments", {"a": 2, "b": 3}))
     assert {"key": "params.STEPS", "a": None, "b": "300"} in cmp["config_changes"]
-    assert cmp["code_diff"] == "(no change in the editable files)"
+    # params are written into the snapshot's constants, so the code diff shows them too
+    assert "-STEPS = 200" in cmp["code_diff"] and "+STEPS = 300" in cmp["code_diff"]
     cmp = data(await client.call_tool("compare_experiments", {"a": 2, "b": 4}))
     assert cmp["summary"].startswith("not comparable") and "NOT_VALID_PYTHON" in cmp["code_diff"]
     assert len(json.dumps(cmp)) < 12_000
