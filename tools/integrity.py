@@ -137,7 +137,7 @@ class TestEvaluation(BaseModel):
 def evaluate_test(lab: Lab, experiment_id: int, *, requested_by: str = "cli", again: bool = False,
                   should_cancel=lambda: False) -> TestEvaluation:
     """Run the snapshot of `experiment_id` once with AR_EVAL_SPLIT=test; record it in test_evaluations."""
-    from sandbox import SandboxUnavailable, launch
+    from sandbox import SandboxUnavailable
     from tools import runs
 
     exp = lab.store.get_experiment(experiment_id)
@@ -175,15 +175,10 @@ def evaluate_test(lab: Lab, experiment_id: int, *, requested_by: str = "cli", ag
         policy = dataclasses.replace(policy, hidden=hidden, env=env, read_only=[*policy.read_only, test])
         t0 = time.time()
         try:
-            proc = launch(policy)
+            proc = runs.launch_sandboxed(lab, policy)
         except SandboxUnavailable as exc:
             raise ToolError(f"sandbox refused the test evaluation: {exc}") from None
-        cancelled = False
-        while (result := proc.poll()) is None:
-            if not cancelled and should_cancel():
-                cancelled = True
-                proc.cancel()
-            time.sleep(0.2)
+        result = runs.wait_sandboxed(proc, should_cancel)
         fields.update(sandbox_backend=result.backend, returncode=result.returncode,
                       finished_at=time.time())
         status, error = "succeeded", None

@@ -181,9 +181,27 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
                          gpu=gpu, min_backend=min_backend)
 
 
+def launch_sandboxed(lab: Lab, policy):
+    """Start a policy with the backend autoresearch.toml asks for (a name forces that backend)."""
+    from sandbox import launch
+    forced = lab.config.sandbox if lab.config.sandbox in ("bwrap", "landlock", "none") else None
+    return launch(policy, backend=forced)
+
+
+def wait_sandboxed(proc, should_cancel):
+    """Wait for a sandboxed process, cancelling its whole tree once `should_cancel()` says so."""
+    cancelled = False
+    while (result := proc.poll()) is None:
+        if not cancelled and should_cancel():
+            cancelled = True
+            proc.cancel()
+        time.sleep(0.2)
+    return result
+
+
 def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
     """Run one claimed experiment to its end and record it. `should_cancel()` is polled."""
-    from sandbox import SandboxUnavailable, launch
+    from sandbox import SandboxUnavailable
 
     exp_id = exp["id"]
     run_dir = lab.run_dir(exp_id)
@@ -193,20 +211,12 @@ def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
         lab.workspace.set_experiment_ref(exp_id, exp["snapshot_commit"])  # idempotent; see submit
         lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
         try:
-            policy = sandbox_policy(lab, exp, run_dir, code_dir, slot)
-            forced = lab.config.sandbox if lab.config.sandbox in ("bwrap", "landlock", "none") else None
-            proc = launch(policy, backend=forced)
+            proc = launch_sandboxed(lab, sandbox_policy(lab, exp, run_dir, code_dir, slot))
         except SandboxUnavailable as exc:
             record(lab, exp_id, status="failed", error=f"sandbox refused: {exc}")
             return
         lab.store.update_experiment(exp_id, sandbox_backend=proc.backend)
-        cancelled = False
-        while (result := proc.poll()) is None:
-            if not cancelled and should_cancel():
-                cancelled = True
-                proc.cancel()
-            time.sleep(0.2)
-        record_from_run_dir(lab, exp_id, result=result)
+        record_from_run_dir(lab, exp_id, result=wait_sandboxed(proc, should_cancel))
     except Exception as exc:  # never leave a claimed run in 'running'
         record(lab, exp_id, status="failed", error=f"supervisor error: {type(exc).__name__}: {exc}")
         raise
