@@ -77,6 +77,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=50)
     ap.add_argument("--budget", type=int, default=60)
     ap.add_argument("--noise", type=float, default=4.0)
+    ap.add_argument("--gp-seeds", type=int, default=12,
+                    help="seeds for the optional GP sampler (hpo_sampler = \"gp\"; ~10 s a seed); 0 = skip")
+    ap.add_argument("--gp-budget", type=int, default=30, help="GP trials per seed (it is slow per trial)")
     args = ap.parse_args(argv)
     space = {k: SearchParam(**v) for k, v in hpo.default_search_space("seed").items()}
     dists = hpo.distributions(space)
@@ -103,6 +106,13 @@ def main(argv=None) -> int:
           f"{'median best@' + str(args.budget):>15}")
     for name, med, reached, b20, bN in rows:
         print(f"{name:8} {med:>24g} {f'{reached}/{args.seeds}':>18} {b20:>15.2f} {bN:>15.2f}")
+    if args.gp_seeds:
+        need = []
+        for seed in range(args.gp_seeds):
+            c = run(hpo.make_sampler("gp", seed), dists, args.gp_budget, args.noise, np.random.default_rng(30_000 + seed))
+            need.append(trials_to(c, target))
+        print(f"{'gp':8} {statistics.median(need):>24g} {f'{sum(n <= args.gp_budget for n in need)}/{args.gp_seeds}':>18} "
+              f"{'':>15} {'':>15}   (budget {args.gp_budget}; hpo_sampler = \"gp\", runs in a child: needs torch+scipy)")
     tpe = rows[1][1]
     print(f"suggest (TPE) reaches random search's best-of-{args.budget} in a median of {tpe:g} trials "
           f"({args.budget / tpe:.1f}x fewer); target <= 20: {'met' if tpe <= 20 else 'NOT met'} "

@@ -159,3 +159,17 @@ def test_the_server_process_never_imports_torch_for_suggest(toy_ws):
     lab = Lab.open(toy_ws)
     assert any(r["tool"] == "suggest" and r["outcome"] == "ok" for r in lab.store.audit_rows(10))
     lab.close()
+
+
+def test_gp_sampler_runs_in_a_child(toy_ws):
+    pytest.importorskip("scipy")
+    toml = toy_ws / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace('hpo_sampler = "tpe"', 'hpo_sampler = "gp"'))
+    lab = Lab.open(toy_ws)
+    try:
+        ex.run_experiment(lab, "baseline")
+        out = hpo.suggest(lab, 2)
+        assert out.sampler == "gp" and len(out.suggestions) == 2
+        assert out.trials_complete == 1
+    finally:
+        lab.close()

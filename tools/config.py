@@ -154,4 +154,6 @@ concurrency = "auto"               # runs at a time: "auto" = one per GPU (each 
 # gpus = [0, 1]                    # which GPUs to hand out (default: all)
 noise_sigma = 2.0                  # 'improved' must beat the best by this many sigma of the noise
 keep_checkpoints = "kept"
+hpo_sampler = "tpe"                # suggest(): tpe | random | gp (gp runs in a child; needs torch + scipy)
+allow_test_eval = false            # true exposes evaluate_test as an MCP tool; humans use `autoresearch evaluate-test`
 {search_space_toml}'''

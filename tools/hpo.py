@@ -298,8 +298,9 @@ def _experiment_of(lab: Lab, study: str, number: int) -> int | None:
 
 def _suggest_in_child(lab: Lab, n: int) -> SuggestResult:
     """GPSampler imports torch: run it in a child so the MCP server never loads torch."""
-    proc = subprocess.run([sys.executable, "-m", "tools.hpo", "suggest", str(lab.root), str(n)], capture_output=True,
-                          text=True, stdin=subprocess.DEVNULL, timeout=600, cwd=str(lab.root))
+    # -P and a cwd outside the workspace: a tools/ folder left in the workspace must not shadow ours
+    proc = subprocess.run([sys.executable, "-P", "-m", "tools.hpo", "suggest", str(lab.root), str(n)],
+                          capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600, cwd=str(lab.state_dir))
     if proc.returncode != 0:
         raise ToolError(f"the GP suggest child failed: {proc.stderr.strip()[-1500:]}. Fix: set hpo_sampler = \"tpe\" "
                         "in autoresearch.toml, or install torch and scipy.")
