@@ -43,7 +43,7 @@ VISION_WIDTH = 128           # ViT width
 VISION_LAYERS = 4            # ViT blocks
 VISION_HEAD_WIDTH = 64       # ViT heads = VISION_WIDTH // VISION_HEAD_WIDTH
 TEXT_WIDTH = 128             # text transformer width
-TEXT_LAYERS = 4              # text transformer blocks
+TEXT_LAYERS = 2              # text transformer blocks
 TEXT_HEADS = 4               # text attention heads
 CONTEXT_LENGTH = 48          # text tokens incl. start/end; longer captions are truncated
 EMBED_DIM = 128              # shared embedding (projection) size
@@ -52,21 +52,21 @@ PRETRAINED_VISUAL = ""       # local state dict for the image tower only (non-st
 PRETRAINED_TEXT = ""         # local state dict for the text tower only (non-strict)
 
 # optimisation
-BATCH_SIZE = 128             # pairs per step
+BATCH_SIZE = 64              # pairs per step
 LR = 1e-3                    # peak AdamW learning rate
 WEIGHT_DECAY = 0.1           # AdamW weight decay (not on gains, biases, embeddings, logit scale)
-WARMUP_STEPS = 15            # linear warm-up, then cosine decay to 0 at MAX_STEPS
-MAX_STEPS = 150              # step budget per fold (the run's main budget: keeps it deterministic)
-TIME_BUDGET = 90.0           # training seconds for all folds together; a safety net (AR_TIME_BUDGET_S overrides)
+WARMUP_STEPS = 30            # linear warm-up, then cosine decay to 0 at MAX_STEPS
+MAX_STEPS = 300              # step budget per fold (the run's main budget: keeps it deterministic)
+TIME_BUDGET = 100.0          # training seconds for all folds together; a safety net (AR_TIME_BUDGET_S overrides)
 GRAD_CLIP = 1.0              # max gradient norm (0 = off)
 LOGIT_SCALE_INIT = 1 / 0.07  # initial logit scale (CLIP: 1/0.07 = 14.3)
 LOGIT_SCALE_MAX = 100.0      # the scale is clamped to <= this after every step (open_clip: 100)
 AMP = True                   # bfloat16 autocast on CUDA (ignored on CPU)
 
 # eCLIP expert path
-EXPERT_VARIANT = "tokens"    # "seed" | "pixel" | "tokens" | "none" (see compute_loss)
-EXPERT_PROB = 0.5            # chance that a step adds expert pairs (pixel: the schedule's peak)
-EXPERT_WEIGHT = 0.5          # weight of the expert loss (seed, tokens)
+EXPERT_VARIANT = "seed"      # "seed" | "pixel" | "tokens" | "none" (see compute_loss)
+EXPERT_PROB = 0.3            # chance that a step adds expert pairs (pixel: the schedule's peak)
+EXPERT_WEIGHT = 0.1          # weight of the expert loss (seed, tokens)
 MIXUP_ALPHA = 0.3            # Beta(a, a) mixup of image and expert (seed: embeddings; pixel: pixels)
 
 # output
