@@ -260,7 +260,7 @@ async def test_evaluate_test_is_human_only_recorded_apart_and_never_returned(hel
 
     # a human may enable the tool; then it is listed and records like the CLI
     toml = lab.root / "autoresearch.toml"
-    toml.write_text(toml.read_text().replace("keep_checkpoints", "allow_test_eval = true\nkeep_checkpoints"))
+    toml.write_text(toml.read_text().replace("allow_test_eval = false", "allow_test_eval = true"))
     app.configure(lab.root)
     async with Client(app.mcp) as c:
         assert "evaluate_test" in {t.name for t in (await c.list_tools()).tools}
