@@ -196,10 +196,7 @@ def _note_out(r: dict) -> NoteOut:
 
 # -- helpers -------------------------------------------------------------------------------
 def _get(lab: Lab, exp_id: int) -> dict:
-    exp = lab.store.get_experiment(exp_id)
-    if exp is None:
-        raise ToolError(f"experiment_id={exp_id} does not exist. Fix: pick an id from read_results.")
-    return exp
+    return lab.experiment(exp_id)
 
 
 def _round(x: float | None, nd: int = 2) -> float | None:

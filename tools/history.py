@@ -274,10 +274,7 @@ def _row_line(r: ResultRow) -> str:
 
 # -- helpers -------------------------------------------------------------------------------
 def _get(lab: Lab, exp_id: int, field: str) -> dict:
-    exp = lab.store.get_experiment(exp_id)
-    if exp is None:
-        raise ToolError(f"{field}={exp_id} does not exist. Fix: pick an id from read_results or search_experiments.")
-    return exp
+    return lab.experiment(exp_id, field)
 
 
 def _brief(e: dict) -> Brief:

@@ -140,12 +140,7 @@ def evaluate_test(lab: Lab, experiment_id: int, *, requested_by: str = "cli", ag
     from sandbox import SandboxUnavailable
     from tools import runs
 
-    exp = lab.store.get_experiment(experiment_id)
-    if exp is None:
-        raise ToolError(f"experiment_id={experiment_id} does not exist. Fix: pick an id from `autoresearch results`.")
-    if exp["status"] != "succeeded" or not exp["snapshot_commit"]:
-        raise ToolError(f"experiment {experiment_id} is {exp['status']}; only a succeeded experiment is evaluated "
-                        "on test. Fix: pick a succeeded one (e.g. the best).")
+    exp = lab.succeeded_experiment(experiment_id, "evaluated on test")
     test = lab.test_annotations()
     if test is None or not test.exists():
         raise ToolError("no held-out test split: `test_annotations` in autoresearch.toml is "

@@ -32,6 +32,21 @@ class Lab:
     def close(self) -> None:
         self.store.close()
 
+    def experiment(self, exp_id: int, field: str = "experiment_id") -> dict:
+        """The experiment row, or a refusal naming the field and the fix."""
+        exp = self.store.get_experiment(exp_id)
+        if exp is None:
+            raise ToolError(f"{field}={exp_id} does not exist. Fix: pick an id from read_results.")
+        return exp
+
+    def succeeded_experiment(self, exp_id: int, purpose: str) -> dict:
+        """A succeeded experiment with a snapshot (what reruns, reproductions and test runs need)."""
+        exp = self.experiment(exp_id)
+        if exp["status"] != "succeeded" or not exp["snapshot_commit"]:
+            raise ToolError(f"experiment {exp_id} is {exp['status']}: only a succeeded experiment can be {purpose}. "
+                            "Fix: pick a succeeded one (e.g. the best).")
+        return exp
+
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR

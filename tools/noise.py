@@ -156,9 +156,7 @@ def submit_reruns(lab: Lab, experiment_id: int, seeds: int) -> tuple[int, list[i
 
     if not isinstance(seeds, int) or isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS_PER_CALL:
         raise ToolError(f"invalid seeds={seeds!r}. Fix: pass an integer from 1 to {MAX_SEEDS_PER_CALL}.")
-    exp = lab.store.get_experiment(experiment_id)
-    if exp is None:
-        raise ToolError(f"experiment_id={experiment_id} does not exist. Fix: pick an id from read_results.")
+    exp = lab.experiment(experiment_id)
     root = lab.store.get_experiment(exp["rerun_of"]) if exp["rerun_of"] else exp
     if not root["snapshot_commit"]:
         raise ToolError(f"experiment {root['id']} has no snapshot to rerun. Fix: pick another id.")

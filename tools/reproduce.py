@@ -39,12 +39,7 @@ class ReproduceReport(BaseModel):
 def submit_reproduction(lab: Lab, experiment_id: int) -> int:
     from tools import runs
 
-    exp = lab.store.get_experiment(experiment_id)
-    if exp is None:
-        raise ToolError(f"experiment_id={experiment_id} does not exist. Fix: pick an id from read_results.")
-    if exp["status"] != "succeeded" or not exp["snapshot_commit"]:
-        raise ToolError(f"experiment {experiment_id} is {exp['status']}: only a succeeded experiment can be "
-                        "reproduced. Fix: pick a succeeded one.")
+    exp = lab.succeeded_experiment(experiment_id, "reproduced")
     return runs.submit(lab, description=f"reproduce #{experiment_id}: {exp['description'][:1500]}",
                        hypothesis=f"same snapshot, same params: should match experiment {experiment_id}",
                        time_budget_s=exp["time_budget_s"], params=json.loads(exp["params_json"] or "{}"),

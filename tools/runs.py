@@ -365,9 +365,7 @@ def _prune_checkpoints(lab: Lab, exp_id: int, kept: bool) -> None:
 # -- cancel and recovery -------------------------------------------------------------------
 def request_cancel(lab: Lab, exp_id: int) -> str:
     """Cancel a queued or running experiment; returns the status it ends in."""
-    exp = lab.store.get_experiment(exp_id)
-    if exp is None:
-        raise ToolError(f"experiment_id={exp_id} does not exist. Fix: pick an id from read_results.")
+    exp = lab.experiment(exp_id)
     if exp["status"] == "queued":
         if lab.store.update_experiment(exp_id, only_if_status=("queued",), status="cancelled",
                                        finished_at=time.time(), error="cancelled before it started"):
