@@ -1,6 +1,7 @@
 """Prepare a dataset folder for sandboxed runs (run by `autoresearch init`, outside the sandbox).
 
     python -m model.prepare --data DIR [--preset tiny] [--synthetic small|default] [--manifest]
+                            [--cache-dir C]
 
 1. If DIR holds no dataset (no dataset.json, no Ukiyo-eVG tree), generate the synthetic prints
    there (DIR must then be empty or absent).
@@ -8,7 +9,8 @@
    annotations are, to hide them).
 3. Build the read-only tensor cache DIR/.cache/<fingerprint>-<size>px-v1.npz and the token
    cache for the preset's IMAGE_SIZE and CONTEXT_LENGTH (train + val only: the cache never
-   holds the test annotations, which sandboxed runs must not see).
+   holds the test annotations, which sandboxed runs must not see). With `--cache-dir C` the
+   cache goes to C instead (a read-only data folder); runs then need AR_CACHE_DIR=C.
 Prints one JSON line at the end: {"data_dir", "name", "fingerprint", "cache": [...], "n_pairs"}.
 """
 from __future__ import annotations
@@ -37,7 +39,8 @@ def has_dataset(root: Path) -> bool:
         return False
 
 
-def prepare(data_dir, preset: str = "tiny", synthetic: str = "default", manifest: bool = False, log=print) -> dict:
+def prepare(data_dir, preset: str = "tiny", synthetic: str = "default", manifest: bool = False, cache_dir=None,
+            log=print) -> dict:
     root = Path(data_dir).expanduser()
     if not has_dataset(root):
         if synthetic not in SYNTH:
@@ -51,7 +54,7 @@ def prepare(data_dir, preset: str = "tiny", synthetic: str = "default", manifest
         log(f"prepare: wrote {write_manifest(root)}")
     p = get_preset(preset)
     from .data import load_pairs  # torch from here on
-    cdir = lay.root / ".cache"
+    cdir = Path(cache_dir).expanduser() if cache_dir else lay.root / ".cache"
     data = load_pairs(p["IMAGE_SIZE"], p["CONTEXT_LENGTH"], data_dir=lay.root, cache_dir=cdir, log=log)
     return {"data_dir": str(lay.root), "name": lay.name, "fingerprint": data.fingerprint,
             "cache": sorted(str(c) for c in cdir.glob("*.npz")), "n_pairs": len(data),
@@ -64,9 +67,13 @@ def main(argv=None) -> int:
     ap.add_argument("--preset", default="tiny", help="preset whose IMAGE_SIZE/CONTEXT_LENGTH the cache is for")
     ap.add_argument("--synthetic", default="default", help="size of a generated dataset: default | small")
     ap.add_argument("--manifest", action="store_true", help="write dataset.json for a Ukiyo-eVG tree")
+    ap.add_argument("--cache-dir", default=None,
+                    help="build the cache here instead of DATA/.cache (for a read-only data folder; "
+                         "runs then need AR_CACHE_DIR set to it)")
     a = ap.parse_args(argv)
     try:
-        info = prepare(a.data, a.preset, a.synthetic, a.manifest, log=lambda m: print(m, file=sys.stderr, flush=True))
+        info = prepare(a.data, a.preset, a.synthetic, a.manifest, a.cache_dir,
+                       log=lambda m: print(m, file=sys.stderr, flush=True))
     except (ODVGError, ValueError, FileExistsError) as e:
         print(f"prepare: error: {e}", file=sys.stderr)
         return 2

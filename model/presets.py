@@ -46,6 +46,7 @@ _TINY = {
     "WARMUP_STEPS": 30,
     "MAX_STEPS": 300,
     "TIME_BUDGET": 100.0,
+    "LOGIT_SCALE_INIT": 30.0,
     "LOGIT_SCALE_MAX": 100.0,
     "EXPERT_VARIANT": "seed",
     "EXPERT_PROB": 0.3,
@@ -74,6 +75,7 @@ PRESETS: dict[str, dict] = {
         "WARMUP_STEPS": 160,
         "MAX_STEPS": 800,
         "TIME_BUDGET": 1200.0,
+        "LOGIT_SCALE_INIT": 14.285714285714285,
         "EXPERT_VARIANT": "seed",
         "EXPERT_PROB": 0.8,
         "EXPERT_WEIGHT": 0.1,
@@ -86,6 +88,7 @@ PRESETS: dict[str, dict] = {
         "WARMUP_STEPS": 40,
         "MAX_STEPS": 400,
         "TIME_BUDGET": 110.0,
+        "LOGIT_SCALE_INIT": 14.285714285714285,
         "LOGIT_SCALE_MAX": 2.0,
         "EXPERT_VARIANT": "seed",
         "EXPERT_PROB": 0.3,
@@ -103,8 +106,12 @@ DESCRIPTIONS = {
 
 # comments that replace the template's own on a constant's line
 COMMENTS = {
+    "seed": {
+        "LOGIT_SCALE_INIT": "# initial logit scale (CLIP: 1/0.07, as the seed)",
+    },
     "replay": {
         "LOGIT_SCALE_MAX": "# KNOWN BUG kept from the seed: caps the logit scale at 2 (open_clip: 100)",
+        "LOGIT_SCALE_INIT": "# initial logit scale (CLIP: 1/0.07; the seed's value)",
     },
 }
 

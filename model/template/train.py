@@ -59,7 +59,7 @@ WARMUP_STEPS = 30            # linear warm-up, then cosine decay to 0 at MAX_STE
 MAX_STEPS = 300              # step budget per fold (the run's main budget: keeps it deterministic)
 TIME_BUDGET = 100.0          # training seconds for all folds together; a safety net (AR_TIME_BUDGET_S overrides)
 GRAD_CLIP = 1.0              # max gradient norm (0 = off)
-LOGIT_SCALE_INIT = 1 / 0.07  # initial logit scale (CLIP: 1/0.07 = 14.3)
+LOGIT_SCALE_INIT = 30.0      # initial logit scale (CLIP: 1/0.07 = 14.3; 30 learns faster in a short run)
 LOGIT_SCALE_MAX = 100.0      # the scale is clamped to <= this after every step (open_clip: 100)
 AMP = True                   # bfloat16 autocast on CUDA (ignored on CPU)
 
