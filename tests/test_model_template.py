@@ -32,6 +32,7 @@ RUNS = {
     "test": {"SAVE_CHECKPOINT": True},
     "nan": {"LR": 1e20, "GRAD_CLIP": 0.0, "MAX_STEPS": 20},
     "unknown": {"NOT_A_PARAM": 1},
+    "timed": {"MAX_STEPS": 100000, "EXPERT_VARIANT": "none"},
 }
 
 
@@ -53,6 +54,8 @@ def runs(tmp_path_factory):
             env = {k: v for k, v in os.environ.items() if not k.startswith("AR_")}
             env.update(AR_RUN_DIR=str(rd), AR_DATA_DIR=str(data), AR_PARAMS=str(rd / "params.json"),
                        PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+            if name == "timed":
+                env["AR_TIME_BUDGET_S"] = "3"
             if name == "test":
                 env.update(AR_EVAL_SPLIT="test", AR_TEST_ANNOTATIONS=str(data / "heldout" / "test.jsonl"),
                            AR_TIME_BUDGET_S="30")
@@ -159,3 +162,12 @@ def test_params_errors_are_clear(runs, tmp_path):
     p.write_text("{bad")
     with pytest.raises(ParamsError, match="not valid JSON"):
         load_params(dict(ns), str(p))
+
+
+def test_time_budget_stops_and_anneals_by_time(runs):
+    m = _metrics(runs["timed"])
+    assert m["stopped_by"] == "time" and m["schedule_by"] == "time"
+    assert 10 < m["steps"] < 100000 and 3.0 <= m["train_seconds"] < 20
+    assert m["params"]["TIME_BUDGET"] == 3.0                  # AR_TIME_BUDGET_S overrides the constant
+    b = _metrics(runs["base"])
+    assert b["stopped_by"] == "steps" and b["schedule_by"] == "steps"

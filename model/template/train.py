@@ -169,10 +169,14 @@ def make_optimizer(model):
     return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.98), eps=1e-6)
 
 
-def lr_at(step):
+def lr_at(step, time_frac=None):
+    """Linear warm-up, then cosine to 0 at MAX_STEPS; with `time_frac` (share of the fold's time
+    budget used), cosine to 0 at whichever budget runs out first."""
     if step < WARMUP_STEPS:
         return LR * (step + 1) / WARMUP_STEPS
     progress = (step - WARMUP_STEPS) / max(1, MAX_STEPS - WARMUP_STEPS)
+    if time_frac is not None:
+        progress = max(progress, time_frac)
     return LR * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -221,7 +225,7 @@ def to_device(rows):
 # Training loop (one model per fold), then the frozen evaluation
 # ---------------------------------------------------------------------------------------------
 events = runtime.EventLog(RUN_DIR)
-fold_metrics, total_steps, train_seconds, stopped_by, expert_steps = [], 0, 0.0, "steps", 0
+fold_metrics, total_steps, train_seconds, stopped_by, expert_steps, schedule_by = [], 0, 0.0, "steps", 0, "steps"
 for fold, (train_rows, eval_data, eval_rows) in enumerate(plan):
     runtime.seed_everything(SEED + 1000 * fold)
     model = ECLIP(log=print if fold == 0 else (lambda *_: None)).to(device)
@@ -232,11 +236,19 @@ for fold, (train_rows, eval_data, eval_rows) in enumerate(plan):
     batches = batch_indices(train_rows, BATCH_SIZE, seed=SEED + 1000 * fold)
     model.train()
     t0 = time.time()
-    step = 0
+    step, by_time, t10 = 0, False, 0.0
     while step < MAX_STEPS:
         batch = to_device(next(batches))
+        elapsed = time.time() - t0
+        # too slow to reach MAX_STEPS within the time budget (judged from the speed after step 10)?
+        # then anneal by time from here on, so a cut-short run still ends at LR 0 (not reproducible)
+        if step == 10:
+            t10 = elapsed
+        if step > 10 and not by_time:
+            by_time = t10 + (elapsed - t10) / (step - 10) * (MAX_STEPS - 10) > fold_budget
+            schedule_by = "time" if by_time else schedule_by
         for g in opt.param_groups:
-            g["lr"] = lr_at(step)
+            g["lr"] = lr_at(step, elapsed / fold_budget if by_time else None)
         use_expert = rng.random() < expert_prob_at(step)
         expert_steps += use_expert
         with amp:
@@ -288,6 +300,7 @@ metrics.update(
     preset=PRESET,
     eval_split=EVAL_SPLIT,
     stopped_by=stopped_by,
+    schedule_by=schedule_by,
     total_seconds=round(time.time() - _t_start, 3),
     params=PARAMS,
     **runtime.versions(),
@@ -302,7 +315,7 @@ print(f"i2t R@1/5/10:     {metrics['i2t_r1']:.3f} / {metrics['i2t_r5']:.3f} / {m
 print(f"t2i R@1/5/10:     {metrics['t2i_r1']:.3f} / {metrics['t2i_r5']:.3f} / {metrics['t2i_r10']:.3f}")
 if "twin_acc" in metrics:
     print(f"twin_acc:         {metrics['twin_acc']:.3f} (chance 0.5)")
-print(f"steps:            {total_steps} (stopped by {stopped_by})")
+print(f"steps:            {total_steps} (stopped by {stopped_by}; LR schedule by {schedule_by})")
 print(f"train_seconds:    {train_seconds:.1f}")
 print(f"total_seconds:    {metrics['total_seconds']:.1f}")
 print(f"peak_memory_gb:   {metrics['peak_memory_gb']:.3f}")
