@@ -87,7 +87,7 @@ PRESETS: dict[str, dict] = {
         "LR": 3e-4,
         "WARMUP_STEPS": 40,
         "MAX_STEPS": 400,
-        "TIME_BUDGET": 110.0,
+        "TIME_BUDGET": 120.0,
         "LOGIT_SCALE_INIT": 14.285714285714285,
         "LOGIT_SCALE_MAX": 2.0,
         "EXPERT_VARIANT": "seed",
