@@ -55,7 +55,7 @@ def runs(tmp_path_factory):
             env.update(AR_RUN_DIR=str(rd), AR_DATA_DIR=str(data), AR_PARAMS=str(rd / "params.json"),
                        PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
             if name == "timed":
-                env["AR_TIME_BUDGET_S"] = "3"
+                env["AR_TIME_BUDGET_S"] = "4"
             if name == "test":
                 env.update(AR_EVAL_SPLIT="test", AR_TEST_ANNOTATIONS=str(data / "heldout" / "test.jsonl"),
                            AR_TIME_BUDGET_S="30")
@@ -167,7 +167,7 @@ def test_params_errors_are_clear(runs, tmp_path):
 def test_time_budget_stops_and_anneals_by_time(runs):
     m = _metrics(runs["timed"])
     assert m["stopped_by"] == "time" and m["schedule_by"] == "time"
-    assert 10 < m["steps"] < 100000 and 3.0 <= m["train_seconds"] < 20
-    assert m["params"]["TIME_BUDGET"] == 3.0                  # AR_TIME_BUDGET_S overrides the constant
+    assert 10 < m["steps"] < 100000 and 4.0 <= m["train_seconds"] < 25
+    assert m["params"]["TIME_BUDGET"] == 4.0                  # AR_TIME_BUDGET_S overrides the constant
     b = _metrics(runs["base"])
     assert b["stopped_by"] == "steps" and b["schedule_by"] == "steps"
