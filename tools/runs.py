@@ -302,14 +302,16 @@ def record_from_run_dir(lab: Lab, exp_id: int, *, result=None, recovered: bool =
     denied = integrity.denied_accesses(lab, run_dir)
     if denied:
         error = integrity.describe(denied) + ("\n" + error if error else "")
+    # the denied accesses land in the same transaction as the outcome: a reader that sees the
+    # finished row also sees why it failed
     record(lab, exp_id, status=status, error=error, metrics=metrics if status == "succeeded" else None,
-           objective=objective, result=result)
-    integrity.record_events(lab, exp_id, denied)
+           objective=objective, result=result, denied=denied)
 
 
 def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metrics: dict | None = None,
-           objective: float | None = None, result=None) -> None:
-    """Write the outcome, the verdict and the best ref in one transaction (concurrent runs serialise)."""
+           objective: float | None = None, result=None, denied: list[dict] | None = None) -> None:
+    """Write the outcome, the verdict, the denied accesses and the best ref in one transaction
+    (concurrent runs serialise)."""
     from tools.noise import verdict_fields
 
     store, cfg = lab.store, lab.config
@@ -346,6 +348,9 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
         store.replace_steps(exp_id, steps, conn)
         updated = store.update_experiment(exp_id, conn=conn, only_if_status=("running", "queued"),
                                           **fields)
+        if updated and denied:
+            from tools import integrity
+            integrity.record_events(lab, exp_id, denied, conn=conn)
     if updated and fields.get("kept") and exp["snapshot_commit"]:
         lab.workspace.advance_best(exp["snapshot_commit"])
     _prune_checkpoints(lab, exp_id, kept=bool(fields.get("kept")))
