@@ -242,11 +242,13 @@ def _writable_cache_dir(cache_dir) -> Path | None:
     if not cache_dir:
         return None
     p = Path(cache_dir)
-    try:
+    try:  # probe with a real file: access() does not see a read-only bind mount or Landlock rules
         p.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=p):
+            pass
     except OSError:
         return None
-    return p if os.access(p, os.W_OK) else None
+    return p
 
 
 def load_pairs(image_size: int, context_length: int, *, data_dir=None, cache_dir=None, split: str = "trainval",

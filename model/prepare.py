@@ -1,7 +1,7 @@
 """Prepare a dataset folder for sandboxed runs (run by `autoresearch init`, outside the sandbox).
 
     python -m model.prepare --data DIR [--preset tiny] [--synthetic small|default] [--manifest]
-                            [--cache-dir C]
+                            [--cache-dir C] [--image-size N] [--context-length L] [--no-generate]
 
 1. If DIR holds no dataset (no dataset.json, no Ukiyo-eVG tree), generate the synthetic prints
    there (DIR must then be empty or absent).
@@ -10,7 +10,10 @@
 3. Build the read-only tensor cache DIR/.cache/<fingerprint>-<size>px-v1.npz and the token
    cache for the preset's IMAGE_SIZE and CONTEXT_LENGTH (train + val only: the cache never
    holds the test annotations, which sandboxed runs must not see). With `--cache-dir C` the
-   cache goes to C instead (a read-only data folder); runs then need AR_CACHE_DIR=C.
+   cache goes to C instead (a read-only data folder); runs then need AR_CACHE_DIR=C (the
+   product's supervisor does this with the workspace's `cache_dir`, see tools/datacache.py).
+   `--image-size` / `--context-length` override the preset's (a cache for what a run asks for);
+   `--no-generate` refuses to generate synthetic prints where there is no dataset.
 Prints one JSON line at the end: {"data_dir", "name", "fingerprint", "cache": [...], "n_pairs"}.
 """
 from __future__ import annotations
@@ -40,9 +43,12 @@ def has_dataset(root: Path) -> bool:
 
 
 def prepare(data_dir, preset: str = "tiny", synthetic: str = "default", manifest: bool = False, cache_dir=None,
-            log=print) -> dict:
+            log=print, image_size: int | None = None, context_length: int | None = None,
+            generate: bool = True) -> dict:
     root = Path(data_dir).expanduser()
     if not has_dataset(root):
+        if not generate:
+            raise ODVGError(f"{root}: no dataset there (and --no-generate)")
         if synthetic not in SYNTH:
             raise ValueError(f"--synthetic must be one of {sorted(SYNTH)}, got {synthetic!r}")
         t0 = time.time()
@@ -55,7 +61,8 @@ def prepare(data_dir, preset: str = "tiny", synthetic: str = "default", manifest
     p = get_preset(preset)
     from .data import load_pairs  # torch from here on
     cdir = Path(cache_dir).expanduser() if cache_dir else lay.root / ".cache"
-    data = load_pairs(p["IMAGE_SIZE"], p["CONTEXT_LENGTH"], data_dir=lay.root, cache_dir=cdir, log=log)
+    data = load_pairs(image_size or p["IMAGE_SIZE"], context_length or p["CONTEXT_LENGTH"], data_dir=lay.root,
+                      cache_dir=cdir, log=log)
     return {"data_dir": str(lay.root), "name": lay.name, "fingerprint": data.fingerprint,
             "cache": sorted(str(c) for c in cdir.glob("*.npz")), "n_pairs": len(data),
             "test": str(lay.test) if lay.test else None}
@@ -70,10 +77,18 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help="build the cache here instead of DATA/.cache (for a read-only data folder; "
                          "runs then need AR_CACHE_DIR set to it)")
+    ap.add_argument("--image-size", type=int, default=None, help="override the preset's IMAGE_SIZE (16..2048)")
+    ap.add_argument("--context-length", type=int, default=None, help="override the preset's CONTEXT_LENGTH (4..1024)")
+    ap.add_argument("--no-generate", action="store_true", help="fail instead of generating synthetic prints")
     a = ap.parse_args(argv)
+    if a.image_size is not None and not 16 <= a.image_size <= 2048:
+        ap.error(f"--image-size {a.image_size}: must be within 16..2048")
+    if a.context_length is not None and not 4 <= a.context_length <= 1024:
+        ap.error(f"--context-length {a.context_length}: must be within 4..1024")
     try:
         info = prepare(a.data, a.preset, a.synthetic, a.manifest, a.cache_dir,
-                       log=lambda m: print(m, file=sys.stderr, flush=True))
+                       log=lambda m: print(m, file=sys.stderr, flush=True), image_size=a.image_size,
+                       context_length=a.context_length, generate=not a.no_generate)
     except (ODVGError, ValueError, FileExistsError) as e:
         print(f"prepare: error: {e}", file=sys.stderr)
         return 2

@@ -80,6 +80,10 @@ class WorkspaceConfig(BaseModel):
     hpo_sampler: Literal["tpe", "random", "gp"] = Field(
         "tpe", description="suggest's Optuna sampler; gp needs torch and runs in a child process")
     allow_test_eval: bool = Field(False, description="expose evaluate_test as an MCP tool (humans: the CLI)")
+    cache_dir: str | None = Field(None, description="tensor caches built before runs (read-only inside them); "
+                                                    "default .autoresearch/cache")
+    warm_cache: bool = Field(True, description="build the tensor cache for a run's IMAGE_SIZE/CONTEXT_LENGTH "
+                                               "before it starts (outside the sandbox, not charged to its budget)")
 
     @field_validator("search_space")
     @classmethod
@@ -156,4 +160,6 @@ noise_sigma = 2.0                  # 'improved' must beat the best by this many 
 keep_checkpoints = "kept"
 hpo_sampler = "tpe"                # suggest(): tpe | random | gp (gp runs in a child; needs torch + scipy)
 allow_test_eval = false            # true exposes evaluate_test as an MCP tool; humans use `autoresearch evaluate-test`
+warm_cache = true                  # build the tensor cache a run asks for (IMAGE_SIZE, CONTEXT_LENGTH) before it starts
+# cache_dir = ".autoresearch/cache"  # where those caches live (read-only inside runs)
 {search_space_toml}'''

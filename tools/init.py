@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from tools import clients
@@ -39,14 +40,24 @@ def render_train_py(preset: str) -> str:
         raise ToolError(f"--preset {preset!r}: {exc}") from None
 
 
-def prepare_data(data_dir: Path, preset: str, synthetic: str = "default") -> None:
-    """Generate the synthetic prints and their tensor cache, in a child (torch stays out of here)."""
+def prepare_data(data_dir: Path, preset: str, synthetic: str = "default", cache_dir: Path | None = None) -> None:
+    """Generate the synthetic prints and their tensor cache, in a child (torch stays out of here).
+    The cache goes to DATA/.cache, or to `cache_dir` (a read-only dataset)."""
     Path(data_dir).parent.mkdir(parents=True, exist_ok=True)
+    extra = ["--cache-dir", str(cache_dir)] if cache_dir is not None else []
     proc = subprocess.run([sys.executable, "-P", "-m", "model.prepare", "--data", str(data_dir), "--preset", preset,
-                           "--synthetic", synthetic],
+                           "--synthetic", synthetic, *extra],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=str(Path(data_dir).parent))
     if proc.returncode != 0:
         raise ToolError(f"preparing the dataset in {data_dir} failed:\n{proc.stderr[-2000:]}")
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def test_annotations_of(data_path: Path) -> Path | None:
@@ -80,7 +91,10 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
             if not data_path.is_dir():
                 raise ToolError(f"--data {data!r} is not a folder. Fix: point it at a dataset root (see README).")
             data = str(data_path)
-        prepare_data(data_path, preset, synthetic)  # generates synthetic prints only where there is no dataset
+        # generates synthetic prints only where there is no dataset; a read-only dataset gets its
+        # cache in the workspace (tools/datacache.py mounts it read-only into runs)
+        cache = None if not data_path.exists() or _writable(data_path) else root / STATE_DIR / "cache"
+        prepare_data(data_path, preset, synthetic, cache_dir=cache)
         test = test_annotations_of(data_path)
         if test is not None and test.exists():
             test_annotations = str(test.relative_to(root)) if test.is_relative_to(root) else str(test)

@@ -65,6 +65,9 @@ def classify(lab: Lab, path: str, code_dir: Path) -> str:
         return "harness_write"
     if _under(p, lab.data_dir()):
         return "data_write"
+    from tools.datacache import cache_dir
+    if _under(p, cache_dir(lab)):
+        return "cache_write"
     if _under(p, lab.root / ".git") or (_under(p, lab.state_dir) and not _under(p, code_dir.parent)):
         return "state_access"
     return "denied_access"
@@ -98,7 +101,8 @@ def denied_accesses(lab: Lab, run_dir: Path) -> list[dict]:
 def describe(events: list[dict]) -> str:
     """One line for a run's error: what it tried and that the sandbox refused it."""
     names = {"test_split_access": "read the held-out test split", "harness_write": "write the frozen harness",
-             "data_write": "write the dataset", "state_access": "touch the workspace's git/database",
+             "data_write": "write the dataset", "cache_write": "write the shared data cache",
+             "state_access": "touch the workspace's git/database",
              "denied_access": "access a protected path"}
     parts = [f"tried to {names.get(e['kind'], e['kind'])} ({e['path']}: {e['detail']})" for e in events[:5]]
     return "integrity: " + "; ".join(parts) + " - denied by the sandbox and recorded"

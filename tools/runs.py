@@ -161,6 +161,10 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     if harness is not None:
         read_only.append(harness)
     read_only += [lab.resolve(p) for p in cfg.read_only]
+    from tools.datacache import cache_dir
+    if data is not None and cache_dir(lab).is_dir():  # built by trusted code; read-only for runs
+        env["AR_CACHE_DIR"] = str(cache_dir(lab))
+        read_only.append(cache_dir(lab))
     params = json.loads(exp["params_json"] or "{}")
     if params:
         (run_dir / "params.json").write_text(json.dumps(params, indent=2))
@@ -210,6 +214,7 @@ def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
     try:
         lab.workspace.set_experiment_ref(exp_id, exp["snapshot_commit"])  # idempotent; see submit
         lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
+        _warm_data_cache(lab, code_dir, run_dir, should_cancel)
         try:
             proc = launch_sandboxed(lab, sandbox_policy(lab, exp, run_dir, code_dir, slot))
         except SandboxUnavailable as exc:
@@ -220,6 +225,16 @@ def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
     except Exception as exc:  # never leave a claimed run in 'running'
         record(lab, exp_id, status="failed", error=f"supervisor error: {type(exc).__name__}: {exc}")
         raise
+
+
+def _warm_data_cache(lab: Lab, code_dir: Path, run_dir: Path, should_cancel) -> None:
+    """Build the tensor cache this snapshot asks for (tools/datacache.py); never fails the run."""
+    from tools import datacache
+    try:
+        line = datacache.warm(lab, code_dir, run_dir / "cache.log", should_cancel)
+    except Exception as exc:  # a cache is an optimisation: the run loads its data uncached
+        line = f"not built ({type(exc).__name__}: {exc}); the run loads uncached"
+    (run_dir / "cache.status").write_text(line[:500])
 
 
 # -- recording -----------------------------------------------------------------------------
@@ -336,6 +351,11 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
         if (mem := _num(metrics.get("peak_memory_gb"))) is not None:
             fields["peak_memory_gb"] = mem
         config["run"] = {k: v for k, v in metrics.items() if _num(v) is None and k != "folds"}
+    try:
+        with open_run_file(run_dir / "cache.status") as f:
+            config["data_cache"] = f.read(500).decode(errors="replace")
+    except OSError:
+        pass
     if result is not None:
         config["sandbox"] = {"backend": result.backend, "network": result.network,
                              "warnings": list(result.warnings or [])[:8], "isolation": result.isolation,

@@ -131,7 +131,7 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY,
         t REAL NOT NULL,
         experiment_id INTEGER REFERENCES experiments(id),
-        kind TEXT NOT NULL,              -- test_split_access|harness_write|data_write|state_access|denied_access
+        kind TEXT NOT NULL,              -- test_split_access|harness_write|data_write|cache_write|state_access|denied_access
         path TEXT,
         detail TEXT
     );

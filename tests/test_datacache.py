@@ -1,0 +1,86 @@
+"""The tensor cache a run asks for is built before it by trusted code, and read-only inside it.
+Real init (synthetic prints), real sandboxed runs of the eCLIP template."""
+
+import os
+
+import pytest
+
+from tools import datacache, experiments as ex
+from tools.init import init_workspace
+from tools.lab import Lab
+
+
+def test_requested_sizes_reads_only_literal_constants(tmp_path):
+    f = tmp_path / "train.py"
+    f.write_text("IMAGE_SIZE = 48\nCONTEXT_LENGTH: int = 32\n")
+    assert datacache.requested_sizes(f) == (48, 32)
+    f.write_text("IMAGE_SIZE = 48\nCONTEXT_LENGTH = 32\nIMAGE_SIZE = int('64')\n")  # computed later: unknown
+    assert datacache.requested_sizes(f) is None
+    f.write_text("IMAGE_SIZE = 48\nCONTEXT_LENGTH = 32\nIMAGE_SIZE += 16\n")
+    assert datacache.requested_sizes(f) is None
+    f.write_text("IMAGE_SIZE = 10**6\nCONTEXT_LENGTH = 32\n")  # out of bounds
+    assert datacache.requested_sizes(f) is None
+    f.write_text("IMAGE_SIZE = True\nCONTEXT_LENGTH = 32\n")  # a bool is not a size
+    assert datacache.requested_sizes(f) is None
+    f.write_text("def broken(:\n")
+    assert datacache.requested_sizes(f) is None
+
+
+@pytest.fixture(scope="module")
+def eclip_lab(tmp_path_factory):
+    ws = init_workspace(tmp_path_factory.mktemp("cache") / "lab", preset="tiny", synthetic="small")
+    lab = Lab.open(ws)
+    yield lab
+    lab.close()
+
+
+SMOKE = {"MAX_STEPS": 2, "EVAL_BATCH_SIZE": 64}
+
+
+def test_a_run_finds_the_cache_for_its_image_size_built_before_it_started(eclip_lab):
+    lab = eclip_lab
+    r1 = ex.run_experiment(lab, "48 px", params={**SMOKE, "IMAGE_SIZE": 48})
+    assert r1.status == "succeeded", r1.error
+    status = (lab.run_dir(r1.id) / "cache.status").read_text()
+    assert status.startswith("built (48 px"), status
+    assert any(datacache.cache_dir(lab).glob("*-48px-v*.npz"))
+    log = (lab.run_dir(r1.id) / "stdout.log").read_text() + (lab.run_dir(r1.id) / "stderr.log").read_text()
+    assert "at 48px" in log and "decoded" not in log and "cached" not in log  # loaded, not built, in the run
+    assert lab.store.get_experiment(r1.id)["config_json"].count("built (48 px") == 1
+
+    r2 = ex.run_experiment(lab, "48 px again", params={**SMOKE, "IMAGE_SIZE": 48})
+    assert r2.status == "succeeded", r2.error
+    assert (lab.run_dir(r2.id) / "cache.status").read_text().startswith("warm (48 px")
+
+
+def test_runs_cannot_write_the_cache(eclip_lab):
+    from sandbox import choose_backend
+    if choose_backend() == "none":
+        pytest.skip("needs an isolating sandbox backend (bwrap or landlock)")
+    lab = eclip_lab
+    train = lab.root / "train.py"
+    original = train.read_bytes()
+    target = "IMAGE_SIZE = 64\nCONTEXT_LENGTH = 48\nimport os\n" \
+             "open(os.path.join(os.environ['AR_CACHE_DIR'], 'poisoned.npz'), 'w').write('x')\n"
+    train.write_text(target)
+    try:
+        r = ex.run_experiment(lab, "poison the cache")
+    finally:
+        train.write_bytes(original)
+    assert not (datacache.cache_dir(lab) / "poisoned.npz").exists()
+    assert r.status == "failed" and "write the shared data cache" in r.error
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores a read-only folder's mode bits")
+def test_init_on_a_read_only_dataset_puts_the_cache_in_the_workspace(tmp_path):
+    data = tmp_path / "dataset"
+    init_workspace(tmp_path / "first", preset="tiny", synthetic="small", data=None)
+    (tmp_path / "first" / "data" / "synthetic-prints").rename(data)
+    for d in (data, *[p for p in data.rglob("*") if p.is_dir()]):
+        d.chmod(0o555)
+    try:
+        ws = init_workspace(tmp_path / "lab", preset="tiny", data=str(data))
+        assert any((ws / ".autoresearch" / "cache").glob("*-64px-v*.npz"))
+    finally:
+        for d in (data, *[p for p in data.rglob("*") if p.is_dir()]):
+            d.chmod(0o755)
