@@ -2,12 +2,18 @@
 Real init (synthetic prints), real sandboxed runs of the eCLIP template."""
 
 import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from tools import datacache, experiments as ex
 from tools.init import init_workspace
 from tools.lab import Lab
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_requested_sizes_reads_only_literal_constants(tmp_path):
@@ -71,16 +77,23 @@ def test_runs_cannot_write_the_cache(eclip_lab):
     assert r.status == "failed" and "write the shared data cache" in r.error
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores a read-only folder's mode bits")
-def test_init_on_a_read_only_dataset_puts_the_cache_in_the_workspace(tmp_path):
+def test_init_on_a_read_only_dataset_puts_the_cache_in_the_workspace(eclip_lab, tmp_path):
+    """A dataset folder init cannot write (a shared read-only mount): its cache goes to the workspace."""
     data = tmp_path / "dataset"
-    init_workspace(tmp_path / "first", preset="tiny", synthetic="small", data=None)
-    (tmp_path / "first" / "data" / "synthetic-prints").rename(data)
-    for d in (data, *[p for p in data.rglob("*") if p.is_dir()]):
-        d.chmod(0o555)
+    shutil.copytree(eclip_lab.data_dir(), data, ignore=shutil.ignore_patterns(".cache"))
+    argv = [sys.executable, "-m", "server.cli", "init", str(tmp_path / "lab"), "--preset", "tiny", "--data", str(data)]
+    if os.geteuid() == 0:  # root ignores mode bits: make the folder a read-only mount instead
+        if shutil.which("bwrap") is None:
+            pytest.skip("as root this needs bwrap for a read-only bind mount")
+        argv = ["bwrap", "--dev-bind", "/", "/", "--ro-bind", str(data), str(data), *argv]
+    else:
+        for d in (data, *[p for p in data.rglob("*") if p.is_dir()]):
+            d.chmod(0o555)
     try:
-        ws = init_workspace(tmp_path / "lab", preset="tiny", data=str(data))
-        assert any((ws / ".autoresearch" / "cache").glob("*-64px-v*.npz"))
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=str(ROOT))
     finally:
         for d in (data, *[p for p in data.rglob("*") if p.is_dir()]):
             d.chmod(0o755)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert not (data / ".cache").exists()
+    assert any((tmp_path / "lab" / ".autoresearch" / "cache").glob("*-64px-v*.npz"))
