@@ -29,6 +29,7 @@ RUNS = {
     "again": {"EXPERT_PROB": 1.0},
     "tokens": {"EXPERT_VARIANT": "tokens", "EXPERT_PROB": 1.0, "NUM_FOLDS": 2, "MAX_STEPS": 2},
     "pixel": {"EXPERT_VARIANT": "pixel", "EXPERT_PROB": 1.0, "MAX_STEPS": 8},
+    "pixel_lr2": {"EXPERT_VARIANT": "pixel", "EXPERT_PROB": 1.0, "MAX_STEPS": 8, "EXPERT_LR_MULT": 2.0},
     "test": {"SAVE_CHECKPOINT": True},
     "nan": {"LR": 1e20, "GRAD_CLIP": 0.0, "MAX_STEPS": 20},
     "unknown": {"NOT_A_PARAM": 1},
@@ -121,6 +122,18 @@ def test_same_seed_same_objective(runs):
 def test_expert_variants_train(runs, variant):
     m = _metrics(runs[variant])
     assert m["expert_variant"] == variant and m["expert_steps"] > 0
+
+
+def test_expert_lr_multiplier_changes_training_and_only_from_the_second_step(runs):
+    """EXPERT_LR_MULT scales the expert module's LR (the original eCLIP used 2x): the same seed gives
+    the same first loss (events.jsonl logs the first and the last step at least), then they part."""
+    def losses(name):
+        _metrics(runs[name])
+        rows = [json.loads(line) for line in (runs[name]["dir"] / "events.jsonl").read_text().splitlines()]
+        return [r["loss"] for r in rows if r.get("loss") is not None]
+    one, two = losses("pixel"), losses("pixel_lr2")
+    assert len(one) >= 2 and len(two) >= 2
+    assert one[0] == two[0] and one[-1] != two[-1]
 
 
 def test_k_folds(runs):

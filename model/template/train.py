@@ -68,6 +68,7 @@ EXPERT_VARIANT = "seed"      # "seed" | "pixel" | "tokens" | "none" (see compute
 EXPERT_PROB = 0.3            # chance that a step adds expert pairs (pixel: the schedule's peak)
 EXPERT_WEIGHT = 0.1          # weight of the expert loss (seed, tokens)
 MIXUP_ALPHA = 0.3            # Beta(a, a) mixup of image and expert (seed: embeddings; pixel: pixels)
+EXPERT_LR_MULT = 1.0         # the expert module's LR as a multiple of LR (original eCLIP: 2.0; the seed: 1.0)
 
 # output
 EVAL_BATCH_SIZE = 256        # batch size for embedding the eval pool
@@ -159,14 +160,17 @@ def compute_loss(model, batch, step, use_expert, gen):
 # Optimizer and schedule
 # ---------------------------------------------------------------------------------------------
 def make_optimizer(model):
-    decay, no_decay = [], []
+    """AdamW; no weight decay on gains, biases, embeddings and the logit scale; the expert module
+    at EXPERT_LR_MULT x the schedule's LR (each group's `lr_mult`)."""
+    groups = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         exclude = p.ndim < 2 or "logit_scale" in name or "embedding" in name or name.endswith(".bias")
-        (no_decay if exclude else decay).append(p)
-    groups = [{"params": decay, "weight_decay": WEIGHT_DECAY}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=LR, betas=(0.9, 0.98), eps=1e-6)
+        mult = EXPERT_LR_MULT if name.startswith("expert.") else 1.0
+        key = (0.0 if exclude else WEIGHT_DECAY, mult)
+        groups.setdefault(key, {"params": [], "weight_decay": key[0], "lr_mult": mult})["params"].append(p)
+    return torch.optim.AdamW(list(groups.values()), lr=LR, betas=(0.9, 0.98), eps=1e-6)
 
 
 def lr_at(step, time_frac=None):
@@ -248,7 +252,7 @@ for fold, (train_rows, eval_data, eval_rows) in enumerate(plan):
             by_time = t10 + (elapsed - t10) / (step - 10) * (MAX_STEPS - 10) > fold_budget
             schedule_by = "time" if by_time else schedule_by
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, elapsed / fold_budget if by_time else None)
+            g["lr"] = lr_at(step, elapsed / fold_budget if by_time else None) * g["lr_mult"]
         use_expert = rng.random() < expert_prob_at(step)
         expert_steps += use_expert
         with amp:
