@@ -23,6 +23,7 @@ from pathlib import Path
 from tools.config import gpu_slots
 from tools.errors import ToolError
 from tools.lab import Lab, harness_dir
+from tools.workspace import BEST_REF
 
 LOG_TAIL_LINES = 40
 MAX_STORED_STEPS = 2000
@@ -371,8 +372,13 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
         if updated and denied:
             from tools import integrity
             integrity.record_events(lab, exp_id, denied, conn=conn)
-    if updated and fields.get("kept") and exp["snapshot_commit"]:
-        lab.workspace.advance_best(exp["snapshot_commit"])
+        if updated and fields.get("kept") and exp["snapshot_commit"]:
+            # under the write lock: refs move in the order the verdicts were given, and a reader
+            # that sees the kept row also sees the ref
+            try:
+                lab.workspace.advance_best(exp["snapshot_commit"])
+            except Exception as exc:  # the ref is a convenience (revert('best') reads the store)
+                print(f"autoresearch: could not advance {BEST_REF}: {exc}", file=sys.stderr)
     _prune_checkpoints(lab, exp_id, kept=bool(fields.get("kept")))
     if updated:
         from tools.hpo import after_run
