@@ -278,12 +278,13 @@ def load_pairs(image_size: int, context_length: int, *, data_dir=None, cache_dir
     records = [r for p in parts for r in p]
     if not records:
         raise ODVGError(f"{files}: no usable records (each needs a caption and regions)")
-    fp = fingerprint(files, records, layout.images)
+    images = layout.images_of(split)
+    fp = fingerprint(files, records, images)
     dirs = _cache_dirs(layout, cache_dir) if split == "trainval" else ([Path(cache_dir)] if cache_dir else [])
     wdir = _writable_cache_dir(cache_dir)
     t0 = time.time()
     arr = cached(f"{fp}-{image_size}px-v{CACHE_VERSION}.npz", dirs,
-                 lambda: build_arrays(records, layout.images, image_size, codes, log=log), write_dir=wdir, log=log)
+                 lambda: build_arrays(records, images, image_size, codes, log=log), write_dir=wdir, log=log)
     tok = cached(f"{fp}-tok{context_length}-v{CACHE_VERSION}.npz", dirs,
                  lambda: tokenize_arrays(arr["captions"], arr["phrases"], context_length), write_dir=wdir, log=log)
     data = _to_pairdata(arr, tok, fp, layout.name)

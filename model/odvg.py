@@ -126,12 +126,19 @@ class DatasetLayout:
     test: Path | None          # may be absent (hidden from sandboxed runs)
     images: Path
     kind: str                  # "manifest" | "ukiyoe"
+    test_images: Path | None = None  # where the test split's images live, when apart (else `images`)
+
+    def images_of(self, split: str) -> Path:
+        return self.test_images if split == "test" and self.test_images is not None else self.images
 
     def as_manifest(self) -> dict:
         def rel(p):
             return None if p is None else os.path.relpath(p, self.root)
-        return {"name": self.name, "format": "odvg", "train": rel(self.train), "val": rel(self.val),
-                "test": rel(self.test), "images": rel(self.images)}
+        m = {"name": self.name, "format": "odvg", "train": rel(self.train), "val": rel(self.val),
+             "test": rel(self.test), "images": rel(self.images)}
+        if self.test_images is not None:
+            m["test_images"] = rel(self.test_images)
+        return m
 
 
 def resolve_dataset(root: str | os.PathLike) -> DatasetLayout:
@@ -148,9 +155,10 @@ def resolve_dataset(root: str | os.PathLike) -> DatasetLayout:
         missing = [k for k in ("train", "val", "images") if not isinstance(m.get(k), str)]
         if missing:
             raise ODVGError(f"{mpath}: missing key(s) {missing} (need train, val, images; test optional)")
-        test = m.get("test")
+        test, test_images = m.get("test"), m.get("test_images")
         return DatasetLayout(root, str(m.get("name", root.name)), root / m["train"], root / m["val"],
-                             (root / test) if isinstance(test, str) else None, root / m["images"], "manifest")
+                             (root / test) if isinstance(test, str) else None, root / m["images"], "manifest",
+                             (root / test_images) if isinstance(test_images, str) else None)
     if (root / UKIYOE_TRAIN).is_file():
         return DatasetLayout(root, "ukiyo-evg", root / UKIYOE_TRAIN, root / UKIYOE_VAL,
                              root / UKIYOE_TEST, root / "images", "ukiyoe")

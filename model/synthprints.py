@@ -5,10 +5,11 @@ Each image is a small "woodblock print": beige paper with wood grain, and 2..MAX
 cell of a 3x3 grid. Every *mentioned* object gives one phrase ("a small red boat in the upper
 left") and one pixel box; the caption joins the phrases. The output is the Ukiyo-eVG ODVG layout:
 
-    DIR/images/<split>_<idx>.png
+    DIR/images/<split>_<idx>.png            train and val images
     DIR/train.jsonl, DIR/val.jsonl          one ODVG record per line
-    DIR/heldout/test.jsonl                  test annotations, apart so a sandbox can hide them
-    DIR/dataset.json                        manifest {name, train, val, test, images, ...}
+    DIR/heldout/test.jsonl                  test annotations and (heldout/images/) test images,
+                                            apart so a sandbox hides the whole test split
+    DIR/dataset.json                        manifest {name, train, val, test, images, test_images, ...}
 
 Difficulty knobs (SynthConfig): `max_obj` (more objects), `mention` (< 1: some objects are
 drawn but not mentioned, so they are distractors), `twins` (records 2j and 2j+1 share objects,
@@ -248,12 +249,13 @@ def write_dataset(root: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, 
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
     try:
         (tmp / "images").mkdir()
-        (tmp / "heldout").mkdir()
+        (tmp / "heldout" / "images").mkdir(parents=True)
         paths = {"train": "train.jsonl", "val": "val.jsonl", "test": "heldout/test.jsonl"}
         for split, rel in paths.items():
+            image_dir = tmp / ("heldout/images" if split == "test" else "images")
             with open(tmp / rel, "w") as f:
                 for name, img, rec in generate_split(cfg, split):
-                    Image.fromarray(img).save(tmp / "images" / name, compress_level=1)
+                    Image.fromarray(img).save(image_dir / name, compress_level=1)
                     f.write(json.dumps(rec) + "\n")
             if not quiet:
                 print(f"synthprints: wrote {split} ({rel})", flush=True)
@@ -261,6 +263,7 @@ def write_dataset(root: str | os.PathLike, cfg: SynthConfig = SynthConfig(), *, 
             "name": f"synthetic-prints-{cfg.fingerprint()}",
             "format": "odvg",
             "train": paths["train"], "val": paths["val"], "test": paths["test"], "images": "images",
+            "test_images": "heldout/images",
             "synthetic": {"generator_version": GENERATOR_VERSION, **dataclasses.asdict(cfg)},
         }
         (tmp / "dataset.json").write_text(json.dumps(manifest, indent=2) + "\n")

@@ -97,3 +97,39 @@ def test_init_on_a_read_only_dataset_puts_the_cache_in_the_workspace(eclip_lab, 
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert not (data / ".cache").exists()
     assert any((tmp_path / "lab" / ".autoresearch" / "cache").glob("*-64px-v*.npz"))
+
+
+def test_agent_runs_see_neither_test_annotations_nor_test_images(eclip_lab):
+    """The synthetic prints keep the whole test split (annotations and images) in heldout/, which
+    the sandbox hides from agent runs."""
+    from sandbox import choose_backend
+    lab = eclip_lab
+    data = lab.data_dir()
+    assert any((data / "heldout" / "images").glob("test_*")) and not any((data / "images").glob("test_*"))
+    train = lab.root / "train.py"
+    original = train.read_bytes()
+    train.write_text("import os, json\nd = os.environ['AR_DATA_DIR']\n"
+                     "seen = sorted(n for n in os.listdir(os.path.join(d, 'images')) if n.startswith('test'))\n"
+                     "try:\n    held = os.listdir(os.path.join(d, 'heldout'))\nexcept OSError as e:\n    held = str(type(e).__name__)\n"
+                     "print('TEST-IMAGES-SEEN', len(seen), 'HELDOUT', held)\n"
+                     "json.dump({'objective': 1.0}, open(os.path.join(os.environ['AR_RUN_DIR'], 'metrics.json'), 'w'))\n")
+    try:
+        r = ex.run_experiment(lab, "look for the test split")
+    finally:
+        train.write_bytes(original)
+    assert r.status == "succeeded", r.error
+    out = (lab.run_dir(r.id) / "stdout.log").read_text()
+    assert "TEST-IMAGES-SEEN 0 " in out
+    if choose_backend() != "none":
+        assert "HELDOUT []" in out or "HELDOUT FileNotFoundError" in out or "HELDOUT PermissionError" in out, out
+
+
+def test_the_human_test_evaluation_reads_the_held_out_images(eclip_lab):
+    """evaluate_test opens heldout/ (annotations and images) for that one run of the real template."""
+    from tools import integrity
+    lab = eclip_lab
+    r = ex.run_experiment(lab, "smoke for the test look", params=SMOKE)
+    assert r.status == "succeeded", r.error
+    ev = integrity.evaluate_test(lab, r.id)
+    assert ev.status == "succeeded", ev.error
+    assert ev.metrics["n_val"] == 128 and ev.metrics["random_mean_rank"] == 63.5  # the 128 test prints
