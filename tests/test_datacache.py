@@ -45,8 +45,12 @@ SMOKE = {"MAX_STEPS": 2, "EVAL_BATCH_SIZE": 64}
 
 def test_a_run_finds_the_cache_for_its_image_size_built_before_it_started(eclip_lab):
     lab = eclip_lab
-    r1 = ex.run_experiment(lab, "48 px", params={**SMOKE, "IMAGE_SIZE": 48})
+    hints = []
+    r1 = ex.run_experiment(lab, "48 px", params={**SMOKE, "IMAGE_SIZE": 48}, poll_s=0.1,
+                           on_progress=lambda s: hints.append(s.next or ""))
     assert r1.status == "succeeded", r1.error
+    # while the cache is built (a child importing torch: >= 1 s), polls say so
+    assert any(h.startswith("building the data cache (48 px") for h in hints), hints[:5]
     status = (lab.run_dir(r1.id) / "cache.status").read_text()
     assert status.startswith("built (48 px"), status
     assert any(datacache.cache_dir(lab).glob("*-48px-v*.npz"))

@@ -73,7 +73,7 @@ def _signature(data: Path) -> dict | None:
         return None
 
 
-def warm(lab: Lab, code_dir: Path, log_path: Path, should_cancel=lambda: False) -> str:
+def warm(lab: Lab, code_dir: Path, log_path: Path, should_cancel=lambda: False, on_build=lambda line: None) -> str:
     """Make sure the cache for this snapshot's sizes exists; one line saying what happened."""
     data = lab.data_dir()
     if data is None or not lab.config.warm_cache:
@@ -91,6 +91,7 @@ def warm(lab: Lab, code_dir: Path, log_path: Path, should_cancel=lambda: False) 
         fcntl.flock(lock, fcntl.LOCK_EX)  # two supervisors warming one size build it once
         if _is_warm(marker, sig, sizes, [data / ".cache", cdir]):
             return f"warm ({sizes[0]} px, context {sizes[1]})"
+        on_build(f"building the data cache ({sizes[0]} px, context {sizes[1]}) before the run starts")
         t0 = time.monotonic()
         argv = [sys.executable, "-P", "-m", "model.prepare", "--data", str(data), "--no-generate",
                 "--cache-dir", str(cdir), "--image-size", str(sizes[0]), "--context-length", str(sizes[1])]

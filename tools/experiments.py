@@ -81,7 +81,21 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
     if sandbox_info.get("warnings"):
         out.warnings = [str(w)[:300] for w in sandbox_info["warnings"]]
     out.next = _next_hint(exp)
+    if exp["status"] == "running" and out.step is None:
+        phase = _cache_phase(lab.run_dir(exp_id))
+        if phase:
+            out.next = f"{phase} (not charged to its budget); {out.next}"
     return out
+
+
+def _cache_phase(run_dir) -> str | None:
+    """'building the data cache ...' while the supervisor prepares one (tools/datacache.py)."""
+    try:
+        with runs.open_run_file(run_dir / "cache.status") as f:
+            text = f.read(200).decode(errors="replace")
+    except OSError:
+        return None
+    return text if text.startswith("building the data cache") else None
 
 
 def _next_hint(exp: dict) -> str | None:

@@ -231,11 +231,13 @@ def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
 def _warm_data_cache(lab: Lab, code_dir: Path, run_dir: Path, should_cancel) -> None:
     """Build the tensor cache this snapshot asks for (tools/datacache.py); never fails the run."""
     from tools import datacache
+    status = run_dir / "cache.status"
     try:
-        line = datacache.warm(lab, code_dir, run_dir / "cache.log", should_cancel)
+        line = datacache.warm(lab, code_dir, run_dir / "cache.log", should_cancel,
+                              on_build=lambda text: status.write_text(text))  # experiment_status shows it
     except Exception as exc:  # a cache is an optimisation: the run loads its data uncached
         line = f"not built ({type(exc).__name__}: {exc}); the run loads uncached"
-    (run_dir / "cache.status").write_text(line[:500])
+    status.write_text(line[:500])
 
 
 # -- recording -----------------------------------------------------------------------------
