@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from .odvg import ODVGError, resolve_dataset, write_manifest
-from .presets import get_preset
+from .presets import CACHE_SIZE_BOUNDS, get_preset
 from .synthprints import SynthConfig, write_dataset
 
 SYNTH = {
@@ -77,14 +77,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-dir", default=None,
                     help="build the cache here instead of DATA/.cache (for a read-only data folder; "
                          "runs then need AR_CACHE_DIR set to it)")
-    ap.add_argument("--image-size", type=int, default=None, help="override the preset's IMAGE_SIZE (16..2048)")
-    ap.add_argument("--context-length", type=int, default=None, help="override the preset's CONTEXT_LENGTH (4..1024)")
+    for name, (lo, hi) in CACHE_SIZE_BOUNDS.items():
+        ap.add_argument("--" + name.lower().replace("_", "-"), type=int, default=None,
+                        help=f"override the preset's {name} ({lo}..{hi})")
     ap.add_argument("--no-generate", action="store_true", help="fail instead of generating synthetic prints")
     a = ap.parse_args(argv)
-    if a.image_size is not None and not 16 <= a.image_size <= 2048:
-        ap.error(f"--image-size {a.image_size}: must be within 16..2048")
-    if a.context_length is not None and not 4 <= a.context_length <= 1024:
-        ap.error(f"--context-length {a.context_length}: must be within 4..1024")
+    for name, (lo, hi) in CACHE_SIZE_BOUNDS.items():
+        value = getattr(a, name.lower())
+        if value is not None and not lo <= value <= hi:
+            ap.error(f"--{name.lower().replace('_', '-')} {value}: must be within {lo}..{hi}")
     try:
         info = prepare(a.data, a.preset, a.synthetic, a.manifest, a.cache_dir,
                        log=lambda m: print(m, file=sys.stderr, flush=True), image_size=a.image_size,

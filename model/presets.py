@@ -26,6 +26,8 @@ from pathlib import Path
 
 TEMPLATE_PATH = Path(__file__).resolve().parent / "template" / "train.py"
 BLOCK_END = "runtime.apply_params(globals())"  # the constants block ends at this line
+# the sizes a tensor cache may be built for (model.prepare, tools/datacache.py)
+CACHE_SIZE_BOUNDS = {"IMAGE_SIZE": (16, 2048), "CONTEXT_LENGTH": (4, 1024)}
 
 _TINY = {
     "PRESET": "tiny",
@@ -168,15 +170,26 @@ def render_template(preset: str) -> str:
     return text + rest
 
 
-def template_constants(text: str) -> dict:
-    """Parse the `NAME = literal` lines of a template text (for tests and tools; no exec)."""
+def template_constants(text: str, *, drop_reassigned: bool = False) -> dict:
+    """Parse the top-level `NAME = literal` lines of a template text (for tests and tools; no exec).
+    A later non-literal assignment (`NAME = f(NAME)`, `NAME += 1`) keeps the declared literal, or
+    with `drop_reassigned` leaves the name out: its value at run time is unknown without running it."""
     out = {}
     for node in ast.parse(text).body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            if name.isupper():
-                try:
-                    out[name] = ast.literal_eval(node.value)
-                except ValueError:
-                    pass
+        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
+            if drop_reassigned:
+                out.pop(node.target.id, None)
+            continue
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id.isupper():
+            try:
+                out[target.id] = ast.literal_eval(value)
+            except ValueError:
+                if drop_reassigned:
+                    out.pop(target.id, None)
     return out

@@ -11,7 +11,6 @@ skips the child once the cache is warm. The build's time is not charged to the r
 
 from __future__ import annotations
 
-import ast
 import fcntl
 import json
 import re
@@ -20,12 +19,13 @@ import sys
 import time
 from pathlib import Path
 
+from model.presets import CACHE_SIZE_BOUNDS, template_constants  # torch-free
 from tools.lab import Lab
 
 CACHE_SUBDIR = "cache"
 MAX_TRAIN_PY_BYTES = 1_000_000
 BUILD_TIMEOUT_S = 3600.0
-BOUNDS = {"IMAGE_SIZE": (16, 2048), "CONTEXT_LENGTH": (4, 1024)}
+_FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")  # model.data.fingerprint: hex
 
 
 def cache_dir(lab: Lab) -> Path:
@@ -38,29 +38,16 @@ def requested_sizes(train_py: Path) -> tuple[int, int] | None:
     try:
         if train_py.stat().st_size > MAX_TRAIN_PY_BYTES:
             return None
-        tree = ast.parse(train_py.read_bytes())
-    except (OSError, SyntaxError, ValueError):
+        constants = template_constants(train_py.read_bytes().decode(), drop_reassigned=True)
+    except (OSError, SyntaxError, ValueError):  # ValueError covers a bad encoding and NUL bytes
         return None
-    found: dict[str, int] = {}
-    for node in tree.body:
-        target, value = None, None
-        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
-            found.pop(node.target.id, None)  # IMAGE_SIZE += 16: not a literal any more
-            continue
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target, value = node.target, node.value
-        if isinstance(target, ast.Name) and target.id in BOUNDS:
-            v = value.value if isinstance(value, ast.Constant) else None
-            lo, hi = BOUNDS[target.id]
-            if type(v) is int and lo <= v <= hi:
-                found[target.id] = v
-            else:
-                found.pop(target.id, None)  # a later non-literal or out-of-range value wins: unknown
-    if set(found) != set(BOUNDS):
-        return None
-    return found["IMAGE_SIZE"], found["CONTEXT_LENGTH"]
+    sizes = []
+    for name, (lo, hi) in CACHE_SIZE_BOUNDS.items():
+        v = constants.get(name)
+        if type(v) is not int or not lo <= v <= hi:  # a bool is not a size
+            return None
+        sizes.append(v)
+    return sizes[0], sizes[1]
 
 
 def _signature(data: Path) -> dict | None:
@@ -68,7 +55,8 @@ def _signature(data: Path) -> dict | None:
     from model.odvg import ODVGError, resolve_dataset  # torch-free
     try:
         layout = resolve_dataset(data)
-        return {str(f): [f.stat().st_size, f.stat().st_mtime_ns] for f in (layout.train, layout.val)}
+        stats = {f: f.stat() for f in (layout.train, layout.val)}
+        return {str(f): [st.st_size, st.st_mtime_ns] for f, st in stats.items()}
     except (ODVGError, OSError):
         return None
 
@@ -109,7 +97,7 @@ def warm(lab: Lab, code_dir: Path, log_path: Path, should_cancel=lambda: False, 
             fingerprint = json.loads(info_path.read_text().strip().splitlines()[-1])["fingerprint"]
         except (OSError, ValueError, IndexError, KeyError, TypeError):
             fingerprint = None
-        if proc.returncode != 0 or not isinstance(fingerprint, str) or not re.fullmatch(r"[0-9a-f]{8,64}", fingerprint):
+        if proc.returncode != 0 or not _is_fingerprint(fingerprint):
             return f"not built (model.prepare exit {proc.returncode}, see {log_path.name}); the run loads uncached"
         marker.write_text(json.dumps({"signature": sig, "fingerprint": fingerprint}))
         return f"built ({sizes[0]} px, context {sizes[1]}) in {time.monotonic() - t0:.1f} s"
@@ -120,9 +108,14 @@ def _is_warm(marker: Path, sig: dict, sizes: tuple[int, int], dirs: list[Path]) 
     try:
         m = json.loads(marker.read_text())
         fp = m["fingerprint"]
-        if m["signature"] != sig or not isinstance(fp, str) or not re.fullmatch(r"[0-9a-f]{8,64}", fp):
+        if m["signature"] != sig or not _is_fingerprint(fp):
             return False
     except (OSError, ValueError, KeyError, TypeError):
         return False
     names = [f"{fp}-{sizes[0]}px-", f"{fp}-tok{sizes[1]}-"]
     return all(any(next(d.glob(n + "v*.npz"), None) for d in dirs if d.is_dir()) for n in names)
+
+
+def _is_fingerprint(value) -> bool:
+    """A cache fingerprint as model.prepare prints it (hex; it becomes part of a glob)."""
+    return isinstance(value, str) and _FINGERPRINT.fullmatch(value) is not None

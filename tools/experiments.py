@@ -90,12 +90,8 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
 
 def _cache_phase(run_dir) -> str | None:
     """'building the data cache ...' while the supervisor prepares one (tools/datacache.py)."""
-    try:
-        with runs.open_run_file(run_dir / "cache.status") as f:
-            text = f.read(200).decode(errors="replace")
-    except OSError:
-        return None
-    return text if text.startswith("building the data cache") else None
+    text = runs.read_cache_status(run_dir)
+    return text if text and text.startswith("building the data cache") else None
 
 
 def _next_hint(exp: dict) -> str | None:

@@ -108,14 +108,8 @@ def describe(events: list[dict]) -> str:
     return "integrity: " + "; ".join(parts) + " - denied by the sandbox and recorded"
 
 
-def record_events(lab: Lab, experiment_id: int | None, events: list[dict], conn=None) -> None:
-    """Append `events`; inside the caller's transaction when `conn` is given."""
-    if not events:
-        return
-    if conn is None:
-        with lab.store.transaction() as conn:
-            record_events(lab, experiment_id, events, conn=conn)
-        return
+def record_events(conn, experiment_id: int | None, events: list[dict]) -> None:
+    """Append `events` inside the caller's transaction (runs.record: with the run's outcome)."""
     conn.executemany("INSERT INTO integrity_events (t, experiment_id, kind, path, detail) VALUES (?, ?, ?, ?, ?)",
                      [(time.time(), experiment_id, e["kind"], e["path"], e["detail"]) for e in events])
 

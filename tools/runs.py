@@ -163,9 +163,10 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
         read_only.append(harness)
     read_only += [lab.resolve(p) for p in cfg.read_only]
     from tools.datacache import cache_dir
-    if data is not None and cache_dir(lab).is_dir():  # built by trusted code; read-only for runs
-        env["AR_CACHE_DIR"] = str(cache_dir(lab))
-        read_only.append(cache_dir(lab))
+    cache = cache_dir(lab)
+    if data is not None and cache.is_dir():  # built by trusted code; read-only for runs
+        env["AR_CACHE_DIR"] = str(cache)
+        read_only.append(cache)
     params = json.loads(exp["params_json"] or "{}")
     if params:
         (run_dir / "params.json").write_text(json.dumps(params, indent=2))
@@ -228,16 +229,29 @@ def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
         raise
 
 
+CACHE_STATUS = "cache.status"
+MAX_CACHE_STATUS = 500
+
+
 def _warm_data_cache(lab: Lab, code_dir: Path, run_dir: Path, should_cancel) -> None:
     """Build the tensor cache this snapshot asks for (tools/datacache.py); never fails the run."""
     from tools import datacache
-    status = run_dir / "cache.status"
+    status = run_dir / CACHE_STATUS
     try:
         line = datacache.warm(lab, code_dir, run_dir / "cache.log", should_cancel,
                               on_build=lambda text: status.write_text(text))  # experiment_status shows it
     except Exception as exc:  # a cache is an optimisation: the run loads its data uncached
         line = f"not built ({type(exc).__name__}: {exc}); the run loads uncached"
-    status.write_text(line[:500])
+    status.write_text(line[:MAX_CACHE_STATUS])
+
+
+def read_cache_status(run_dir: Path) -> str | None:
+    """The line _warm_data_cache left in the run dir (the child can write there: bounded, no symlinks)."""
+    try:
+        with open_run_file(Path(run_dir) / CACHE_STATUS) as f:
+            return f.read(MAX_CACHE_STATUS).decode(errors="replace")
+    except OSError:
+        return None
 
 
 # -- recording -----------------------------------------------------------------------------
@@ -354,11 +368,8 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
         if (mem := _num(metrics.get("peak_memory_gb"))) is not None:
             fields["peak_memory_gb"] = mem
         config["run"] = {k: v for k, v in metrics.items() if _num(v) is None and k != "folds"}
-    try:
-        with open_run_file(run_dir / "cache.status") as f:
-            config["data_cache"] = f.read(500).decode(errors="replace")
-    except OSError:
-        pass
+    if (cache_status := read_cache_status(run_dir)) is not None:
+        config["data_cache"] = cache_status
     if result is not None:
         config["sandbox"] = {"backend": result.backend, "network": result.network,
                              "warnings": list(result.warnings or [])[:8], "isolation": result.isolation,
@@ -373,7 +384,7 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
                                           **fields)
         if updated and denied:
             from tools import integrity
-            integrity.record_events(lab, exp_id, denied, conn=conn)
+            integrity.record_events(conn, exp_id, denied)
         if updated and fields.get("kept") and exp["snapshot_commit"]:
             # under the write lock: refs move in the order the verdicts were given, and a reader
             # that sees the kept row also sees the ref
