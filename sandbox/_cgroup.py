@@ -229,13 +229,6 @@ class RunCgroups:
         for kind, leaf in self.leaves.items():
             _kill_leaf(kind, leaf)
 
-    def memory_current(self) -> int | None:
-        if "v2" in self.leaves and (v := _read(self.leaves["v2"] / "memory.current")):
-            return int(v)
-        if "memory" in self.leaves and (v := _read(self.leaves["memory"] / "memory.usage_in_bytes")):
-            return int(v)
-        return None
-
     def memory_peak(self) -> int | None:
         if "v2" in self.leaves and (v := _read(self.leaves["v2"] / "memory.peak")):
             return int(v)

@@ -205,7 +205,7 @@ class SandboxedProcess:
 
     # ------------------------------------------------------------------ watching
     def _watch(self) -> None:
-        pol, lim = self.policy, self.policy.limits
+        lim = self.policy.limits
         p = self._popen
         assert p is not None
         self._peak_rss = 0
