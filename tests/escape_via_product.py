@@ -11,7 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sandbox import testing as T
+import sandbox_support as T
 
 ROOT = Path(__file__).resolve().parents[1]
 

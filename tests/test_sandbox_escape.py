@@ -1,6 +1,6 @@
 """Escape suite: a hostile train.py tries to get out; every attempt must fail under every available backend.
 
-Every run goes through ONE helper, `run_hostile` (sandbox.testing.run_hostile): a separate supervisor
+Every run goes through ONE helper, `run_hostile` (tests/sandbox_support.py): a separate supervisor
 process (holding a planted SECRET_API_KEY in its environment and a HOME with a planted ~/.ssh/id_rsa)
 calls sandbox.launch on a workspace-like tree. Outcomes are checked on the host side wherever possible
 (files that must not appear, listeners that must not be reached, markers that must not be printed).
@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 import escape_via_product
-from sandbox import testing as T
+import sandbox_support as T
 from sandbox.backends import available_backends
 
 AV = available_backends()

@@ -11,7 +11,7 @@ import pytest
 
 import sandbox
 from sandbox import Limits, SandboxPolicy, SandboxUnavailable, backends, launch
-from sandbox import testing as T
+import sandbox_support as T
 
 AV = backends.available_backends()
 BEST = backends.choose_backend()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from sandbox import testing as T
+import sandbox_support as T
 from sandbox.backends import available_backends
 from sandbox.torch_smoke import TRAIN_SCRIPT
 
