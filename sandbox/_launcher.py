@@ -180,6 +180,20 @@ SYSCALLS = {
     "iopl": (172, None), "ioperm": (173, None), "acct": (163, 89), "quotactl": (179, 60),
     "settimeofday": (164, 170), "clock_settime": (227, 112), "clock_adjtime": (305, 266),
     "adjtimex": (159, 171), "syslog": (103, 116), "vhangup": (153, 58), "lookup_dcookie": (212, 18),
+    # SysV IPC (separate syscalls on both arches; no ipc() multiplexer on x86_64/aarch64)
+    "shmget": (29, 194), "shmat": (30, 196), "shmctl": (31, 195), "shmdt": (67, 197),
+    "semget": (64, 190), "semop": (65, 193), "semctl": (66, 191), "semtimedop": (220, 192),
+    "msgget": (68, 186), "msgsnd": (69, 189), "msgrcv": (70, 188), "msgctl": (71, 187),
+    # POSIX message queues
+    "mq_open": (240, 180), "mq_unlink": (241, 181), "mq_timedsend": (242, 182),
+    "mq_timedreceive": (243, 183), "mq_notify": (244, 184), "mq_getsetattr": (245, 185),
+    # file-name watching
+    "inotify_init": (253, None), "inotify_init1": (294, 26), "inotify_add_watch": (254, 27),
+    "fanotify_init": (300, 262), "fanotify_mark": (301, 263),
+    # AF_UNIX policy
+    "socketpair": (53, 199), "connect": (42, 203),
+    # broker helpers
+    "seccomp": (317, 277), "pidfd_open": (434, 434), "pidfd_getfd": (438, 438), "openat2": (437, 437),
 }
 DENY_ALWAYS = [
     "ptrace", "mount", "umount2", "pivot_root", "chroot", "unshare", "setns", "bpf", "keyctl",
@@ -191,25 +205,49 @@ DENY_ALWAYS = [
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "syslog", "vhangup",
     "lookup_dcookie",
 ]
+# host IPC that no filesystem rule covers: SysV shm/msg/sem (keys are global without an IPC namespace),
+# POSIX message queues, and inotify/fanotify (watching names in folders one may not list)
+DENY_IPC = [
+    "shmget", "shmat", "shmctl", "shmdt", "semget", "semop", "semctl", "semtimedop",
+    "msgget", "msgsnd", "msgrcv", "msgctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive",
+    "mq_notify", "mq_getsetattr", "inotify_init", "inotify_init1", "inotify_add_watch", "fanotify_init",
+    "fanotify_mark",
+]
 CLONE_NS_FLAGS = 0x7E020000  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
 AF_UNIX = 1
+SOCK_STREAM = 1
+SOCK_SEQPACKET = 5
+SOCK_TYPE_MASK = 0xF
 RET_KILL_PROCESS = 0x80000000
 RET_ERRNO = 0x00050000
+RET_USER_NOTIF = 0x7FC00000
 RET_ALLOW = 0x7FFF0000
 LD_W_ABS = 0x20
+ALU_AND_K = 0x54
 JEQ_K = 0x15
 JGE_K = 0x35
 JSET_K = 0x45
 RET_K = 0x06
+SECCOMP_SET_MODE_FILTER_OP = 1
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
 
 
 def seccomp_supported():
     return MACHINE in AUDIT_ARCH
 
 
-def build_seccomp(block_inet):
+def _nr():
     col = 0 if MACHINE == "x86_64" else 1
-    nr = {k: v[col] for k, v in SYSCALLS.items() if v[col] is not None}
+    return {k: v[col] for k, v in SYSCALLS.items() if v[col] is not None}
+
+
+def build_seccomp(block_inet, deny_ipc=False, unix_broker=False):
+    """Classic BPF. block_inet: socket() only for AF_UNIX. deny_ipc: DENY_IPC -> EPERM.
+    unix_broker: AF_UNIX only as SOCK_STREAM/SOCK_SEQPACKET (datagram sockets could sendto() any
+    path; socketpair(SOCK_DGRAM) too), and every connect() goes to the launcher (RET_USER_NOTIF),
+    which reads the address and connects on the program's behalf only inside the allowed roots."""
+    nr = _nr()
     prog = []
 
     def ins(code, jt, jf, k):
@@ -223,7 +261,7 @@ def build_seccomp(block_inet):
     if MACHINE == "x86_64":
         ins(JGE_K, 0, 1, 0x40000000)  # x32 ABI
         ins(RET_K, 0, 0, eperm)
-    for name in DENY_ALWAYS:
+    for name in DENY_ALWAYS + (DENY_IPC if deny_ipc else []):
         if name in nr:
             ins(JEQ_K, 0, 1, nr[name])
             ins(RET_K, 0, 0, eperm)
@@ -233,12 +271,28 @@ def build_seccomp(block_inet):
     ins(LD_W_ABS, 0, 0, 16)  # args[0] low 32 bits (flags)
     ins(JSET_K, 0, 1, CLONE_NS_FLAGS)
     ins(RET_K, 0, 0, eperm)
-    if block_inet:
+    if unix_broker:
         ins(LD_W_ABS, 0, 0, 0)
-        ins(JEQ_K, 0, 3, nr["socket"])
+        ins(JEQ_K, 0, 1, nr["connect"])
+        ins(RET_K, 0, 0, RET_USER_NOTIF)
+        ins(JEQ_K, 0, 5, nr["socketpair"])
+        ins(LD_W_ABS, 0, 0, 24)  # args[1] low 32 bits: type | SOCK_CLOEXEC | SOCK_NONBLOCK
+        ins(ALU_AND_K, 0, 0, SOCK_TYPE_MASK)
+        ins(JEQ_K, 2, 0, SOCK_STREAM)
+        ins(JEQ_K, 1, 0, SOCK_SEQPACKET)
+        ins(RET_K, 0, 0, eperm)
+    if block_inet or unix_broker:
+        ins(LD_W_ABS, 0, 0, 0)
+        ins(JEQ_K, 0, 8 if unix_broker else 3, nr["socket"])
         ins(LD_W_ABS, 0, 0, 16)  # domain
         ins(JEQ_K, 1, 0, AF_UNIX)
-        ins(RET_K, 0, 0, RET_ERRNO | errno.EPERM)
+        ins(RET_K, 0, 0, eperm if block_inet else RET_ALLOW)
+        if unix_broker:
+            ins(LD_W_ABS, 0, 0, 24)  # type
+            ins(ALU_AND_K, 0, 0, SOCK_TYPE_MASK)
+            ins(JEQ_K, 2, 0, SOCK_STREAM)
+            ins(JEQ_K, 1, 0, SOCK_SEQPACKET)
+            ins(RET_K, 0, 0, eperm)
     ins(RET_K, 0, 0, RET_ALLOW)
     return prog
 
@@ -247,15 +301,191 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def apply_seccomp(block_inet):
-    prog = build_seccomp(block_inet)
+def apply_seccomp(block_inet, deny_ipc=False, unix_broker=False):
+    """Install the filter; with unix_broker, returns the user-notification listener fd (else None)."""
+    prog = build_seccomp(block_inet, deny_ipc, unix_broker)
     raw = b"".join(struct.pack("HBBI", *p) for p in prog)
     buf = ctypes.create_string_buffer(raw, len(raw))
     fprog = _SockFprog(len(prog), ctypes.cast(buf, ctypes.c_void_p))
-    rc = _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
-    if rc < 0:
+    if not unix_broker:
+        rc = _libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0)
+        if rc < 0:
+            e = ctypes.get_errno()
+            raise OSError(e, "seccomp: " + os.strerror(e))
+        return None
+    sys_seccomp = _nr()["seccomp"]
+    for flags in (SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV,
+                  SECCOMP_FILTER_FLAG_NEW_LISTENER):  # WAIT_KILLABLE_RECV: Linux >= 5.19
+        fd = _libc.syscall(ctypes.c_long(sys_seccomp), ctypes.c_uint(SECCOMP_SET_MODE_FILTER_OP),
+                           ctypes.c_uint(flags), ctypes.byref(fprog))
+        if fd >= 0:
+            return int(fd)
         e = ctypes.get_errno()
-        raise OSError(e, "seccomp: " + os.strerror(e))
+        if e != errno.EINVAL:
+            break
+    raise OSError(e, "seccomp (listener): " + os.strerror(e))
+
+
+# ---------------------------------------------------------------- connect() broker
+SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100      # _IOWR('!', 0, struct seccomp_notif)       (80 bytes)
+SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101      # _IOWR('!', 1, struct seccomp_notif_resp)  (24 bytes)
+SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102  # _IOW('!', 2, __u64)
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+
+
+class ConnectBroker:
+    """Answers the program's connect() calls (seccomp user notification). The launcher copies the
+    address out of the caller's memory once, decides on that copy, and connects the caller's own socket
+    (pidfd_getfd) itself, so a racing thread cannot swap the address after the check. Pathname AF_UNIX
+    addresses are allowed only beneath `roots` (the run dir and the run's TMPDIR), resolved without
+    following any symlink; abstract AF_UNIX addresses are refused (the launcher is outside the Landlock
+    scope, so it cannot tell whose they are); other families (inet when the network is on) are connected
+    as asked on the same copied address."""
+
+    def __init__(self, fd, roots):
+        import threading
+        self.fd = fd
+        self.roots = [os.path.realpath(r) for r in roots]
+        self.allowed = 0
+        self.denied = []
+        self.lock = threading.Lock()
+        self._threading = threading
+        _libc.connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+        _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
+
+    def receive(self):
+        """Called when the listener is readable: take one notification, answer it in a thread
+        (a connect may block on a full backlog; the log drain must go on)."""
+        buf = ctypes.create_string_buffer(80)
+        if _libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_RECV, buf) < 0:
+            return  # ENOENT: the caller died or was interrupted
+        raw = buf.raw
+        t = self._threading.Thread(target=self._handle, args=(raw,), daemon=True)
+        t.start()
+
+    def _valid(self, nid):
+        v = ctypes.c_uint64(nid)
+        return _libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_ID_VALID, ctypes.byref(v)) == 0
+
+    def _reply(self, nid, val, err):
+        resp = ctypes.create_string_buffer(struct.pack("=QqiI", nid, val, -err if err else 0, 0), 24)
+        _libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, resp)
+
+    def _deny(self, what):
+        with self.lock:
+            if len(self.denied) < 20:
+                self.denied.append(what)
+            else:
+                self.denied[-1] = "... (more)"
+
+    def _handle(self, raw):
+        nid, pid = struct.unpack_from("=QI", raw, 0)
+        args = struct.unpack_from("=6Q", raw, 32)
+        sockfd, addr_ptr, addrlen = ctypes.c_int32(args[0] & 0xFFFFFFFF).value, args[1], args[2] & 0xFFFFFFFF
+        val, err, opened = 0, 0, []
+        try:
+            val, err = self._decide_and_connect(nid, pid, sockfd, addr_ptr, addrlen, opened)
+        except OSError as e:
+            val, err = -1, e.errno or errno.EPERM
+        except Exception:  # noqa: BLE001 - never leave the caller hanging
+            val, err = -1, errno.EPERM
+        finally:
+            for fd in opened:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._reply(nid, val, err)
+
+    def _decide_and_connect(self, nid, pid, sockfd, addr_ptr, addrlen, opened):
+        if addrlen < 2 or addrlen > 128:
+            return -1, errno.EINVAL
+        pidfd = _libc.syscall(ctypes.c_long(_nr()["pidfd_open"]), ctypes.c_int(pid), ctypes.c_uint(0))
+        if pidfd < 0:
+            return -1, errno.ESRCH
+        opened.append(pidfd)
+        try:
+            mem = os.open("/proc/%d/mem" % pid, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return -1, errno.EFAULT
+        opened.append(mem)
+        try:
+            addr = os.pread(mem, addrlen, addr_ptr)
+        except OSError:
+            return -1, errno.EFAULT
+        cwd = None
+        family = struct.unpack_from("=H", addr + b"\0\0", 0)[0]
+        if family == AF_UNIX:
+            try:
+                cwd = os.readlink("/proc/%d/cwd" % pid)
+            except OSError:
+                cwd = None
+        if not self._valid(nid):  # the pid is still the caller: the memory (and cwd) we read were its own
+            return -1, errno.ESRCH
+        target = _libc.syscall(ctypes.c_long(_nr()["pidfd_getfd"]), ctypes.c_int(pidfd), ctypes.c_int(sockfd),
+                               ctypes.c_uint(0))
+        if target < 0:
+            return -1, errno.EBADF
+        opened.append(target)
+        if family == AF_UNIX:
+            path = addr[2:]
+            if not path:
+                return -1, errno.EINVAL
+            if path[:1] == b"\0":
+                self._deny("abstract:@" + path[1:].split(b"\0")[0].decode("utf-8", "replace")[:80])
+                return -1, errno.EPERM
+            path = os.fsdecode(path.split(b"\0")[0])
+            if not path.startswith("/"):
+                if cwd is None:
+                    return -1, errno.EPERM
+                path = os.path.join(cwd, path)
+            path = os.path.normpath(path)
+            root = next((r for r in self.roots if path == r or path.startswith(r.rstrip("/") + "/")), None)
+            if root is None:
+                self._deny(path[:200])
+                return -1, errno.EPERM
+            opath = self._open_beneath(root, os.path.relpath(path, root))
+            if opath < 0:
+                e = -opath
+                if e in (errno.ELOOP, errno.EXDEV):
+                    self._deny(path[:200] + " (symlink)")
+                    return -1, errno.EPERM
+                return -1, e
+            opened.append(opath)
+            import stat as _stat
+            if not _stat.S_ISSOCK(os.fstat(opath).st_mode):
+                return -1, errno.ECONNREFUSED
+            addr = struct.pack("=H", AF_UNIX) + ("/proc/self/fd/%d" % opath).encode() + b"\0"
+        rc = _libc.connect(target, addr, len(addr))
+        if rc < 0:
+            return -1, ctypes.get_errno()
+        with self.lock:
+            self.allowed += 1
+        return 0, 0
+
+    def _open_beneath(self, root, rel):
+        """O_PATH fd of root/rel, never following a symlink and never leaving root; -errno on failure."""
+        try:
+            rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            return -(e.errno or errno.ENOENT)
+        try:
+            how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
+                              RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+            hbuf = ctypes.create_string_buffer(how, len(how))
+            fd = _libc.syscall(ctypes.c_long(_nr()["openat2"]), ctypes.c_int(rootfd), os.fsencode(rel), hbuf,
+                               ctypes.c_size_t(len(how)))
+            if fd < 0:
+                return -ctypes.get_errno()
+            return int(fd)
+        finally:
+            os.close(rootfd)
+
+    def report(self):
+        with self.lock:
+            return {"allowed": self.allowed, "denied": list(self.denied)}
 
 
 # ---------------------------------------------------------------- capabilities
@@ -354,14 +584,19 @@ class CappedLog:
 
 
 # ---------------------------------------------------------------- child setup
-def child_exec(cfg, out_w, err_w):
+def child_exec(cfg, out_w, err_w, broker_sock=None):
     import resource
     os.setsid()
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(out_w, 1)
     os.dup2(err_w, 2)
-    os.closerange(3, 65536)
+    if broker_sock is not None:
+        os.dup2(broker_sock, 3, inheritable=False)
+        broker_sock = 3
+        os.closerange(4, 65536)
+    else:
+        os.closerange(3, 65536)
     os.chdir(cfg["cwd"])
     for name, (soft, hard) in cfg.get("rlimits", {}).items():
         res = getattr(resource, name)
@@ -375,8 +610,15 @@ def child_exec(cfg, out_w, err_w):
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     if cfg.get("landlock"):
         apply_landlock(cfg["landlock"])
-    if cfg.get("seccomp"):
-        apply_seccomp(cfg["seccomp"].get("block_inet", False))
+    sc = cfg.get("seccomp")
+    if sc:
+        lfd = apply_seccomp(sc.get("block_inet", False), sc.get("deny_ipc", False), broker_sock is not None)
+        if lfd is not None:  # hand the listener to the launcher, keep no copy
+            import socket
+            s = socket.socket(fileno=broker_sock)
+            socket.send_fds(s, [b"L"], [lfd])
+            s.close()
+            os.close(lfd)
     argv = cfg["argv"]
     os.execvpe(argv[0], argv, cfg["env"])
 
@@ -415,13 +657,18 @@ def main():
         fds[r] = name
         pipes.append(w)
 
+    sc = cfg.get("seccomp") or {}
+    broker_pair = None
+    if sc.get("unix_broker") is not None:
+        import socket
+        broker_pair = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     pid = os.fork()
     if pid == 0:
         try:
             signal.set_wakeup_fd(-1)
             for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE):
                 signal.signal(s, signal.SIG_DFL)
-            child_exec(cfg, pipes[0], pipes[1])
+            child_exec(cfg, pipes[0], pipes[1], broker_pair[1].fileno() if broker_pair else None)
         except BaseException as e:  # noqa: BLE001
             try:
                 os.write(2, ("sandbox launcher: cannot start %r: %s\n" % (cfg["argv"][:1], e)).encode())
@@ -431,6 +678,17 @@ def main():
 
     for w in pipes:
         os.close(w)
+    broker = None
+    if broker_pair is not None:
+        import socket
+        broker_pair[1].close()
+        try:  # the child sends the listener right before exec; EOF if it failed before that
+            _, fds_in, _, _ = socket.recv_fds(broker_pair[0], 16, 1)
+        except OSError:
+            fds_in = []
+        broker_pair[0].close()
+        if fds_in:
+            broker = ConnectBroker(fds_in[0], sc["unix_broker"].get("roots", []))
     main_status = None
     killed_after_exit = False
     term_deadline = None
@@ -473,6 +731,8 @@ def main():
     poller.register(status_fd, 0)
     for fd in fds:
         poller.register(fd, select.POLLIN)
+    if broker is not None:
+        poller.register(broker.fd, select.POLLIN)
     while True:
         try:
             events = poller.poll(100)
@@ -484,6 +744,12 @@ def main():
                 if ev & (select.POLLERR | select.POLLHUP) and not term:
                     term.append("caller gone")
                     poller.unregister(status_fd)
+                continue
+            if broker is not None and fd == broker.fd:
+                if ev & select.POLLIN:
+                    broker.receive()
+                elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    poller.unregister(fd)  # no process is left under the filter
                 continue
             ready.append(fd)
         for fd in ready:
@@ -531,6 +797,8 @@ def main():
               "killed_descendants": n_killed,
               "terminated": bool(term),
               "logs": {k: v.close() for k, v in logs.items()}}
+    if broker is not None:
+        report["connect_broker"] = broker.report()
     try:
         os.write(status_fd, (json.dumps(report) + "\n").encode())
     except OSError:

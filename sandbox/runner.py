@@ -129,7 +129,8 @@ class SandboxedProcess:
                 rules.append([self._host_tmp, "rw"])
             cfg["landlock"] = {"rules": rules, "network": bool(pol.network)}
             if info.get("seccomp"):
-                cfg["seccomp"] = {"block_inet": not pol.network}
+                roots = [str(pol.run_dir)] + ([self._host_tmp] if self._host_tmp else [])
+                cfg["seccomp"] = {"block_inet": not pol.network, "deny_ipc": True, "unix_broker": {"roots": roots}}
             iso.update(landlock_abi=info.get("abi"), seccomp=bool(info.get("seccomp")), gaps=info.get("gaps", []),
                        summary="landlock: reads limited to the host minus hidden paths/$HOME//tmp//run//dev, writes "
                        "only to the run dir and /dev/shm; TCP and signals scoped; capabilities dropped; seccomp: "
@@ -398,6 +399,12 @@ class SandboxedProcess:
             pass
         iso = dict(self._iso)
         iso["peak_memory_source"] = peak_src
+        if report and isinstance(report.get("connect_broker"), dict):
+            cb = report["connect_broker"]
+            iso["connect_broker"] = cb
+            if cb.get("denied"):
+                warnings.append("refused connect() to Unix sockets outside the run dir: "
+                                + ", ".join(str(d) for d in cb["denied"][:5]))
         self._result = SandboxResult(
             status=status, returncode=returncode, wall_seconds=round(wall, 3), peak_memory_bytes=peak,
             backend=self.backend, network=bool(pol.network), warnings=warnings,
