@@ -214,7 +214,7 @@ DENY_IPC = [
     "fanotify_mark",
 ]
 CLONE_NS_FLAGS = 0x7E020000  # NEWNS|NEWCGROUP|NEWUTS|NEWIPC|NEWUSER|NEWPID|NEWNET
-AF_UNIX = 1
+AF_UNSPEC, AF_UNIX, AF_INET, AF_INET6 = 0, 1, 2, 10
 SOCK_STREAM = 1
 SOCK_SEQPACKET = 5
 SOCK_TYPE_MASK = 0xF
@@ -352,6 +352,7 @@ class ConnectBroker:
         self.denied = []
         self.lock = threading.Lock()
         self._threading = threading
+        self.slots = threading.BoundedSemaphore(64)  # connects in flight (a blocked one holds a thread)
         _libc.connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
         _libc.ioctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p]
 
@@ -362,6 +363,9 @@ class ConnectBroker:
         if _libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_RECV, buf) < 0:
             return  # ENOENT: the caller died or was interrupted
         raw = buf.raw
+        if not self.slots.acquire(blocking=False):
+            self._reply(struct.unpack_from("=Q", raw, 0)[0], -1, errno.EAGAIN)
+            return
         t = self._threading.Thread(target=self._handle, args=(raw,), daemon=True)
         t.start()
 
@@ -397,6 +401,7 @@ class ConnectBroker:
                     os.close(fd)
                 except OSError:
                     pass
+            self.slots.release()
         self._reply(nid, val, err)
 
     def _decide_and_connect(self, nid, pid, sockfd, addr_ptr, addrlen, opened):
@@ -429,6 +434,10 @@ class ConnectBroker:
         if target < 0:
             return -1, errno.EBADF
         opened.append(target)
+        if family not in (AF_UNIX, AF_UNSPEC, AF_INET, AF_INET6):
+            # e.g. netlink: a connect() done with the launcher's capabilities could join groups the program may not
+            self._deny("address family %d" % family)
+            return -1, errno.EPERM
         if family == AF_UNIX:
             path = addr[2:]
             if not path:

@@ -93,16 +93,60 @@ def probe_landlock() -> dict[str, Any]:
         why = {38: "kernel has no Landlock syscalls (ENOSYS)", 95: "Landlock disabled at boot (EOPNOTSUPP)"}.get(
             err, f"landlock_create_ruleset failed: errno {err}")
         return {"available": False, "abi": 0, "why": why, "fix": FIX_LANDLOCK, "seccomp": seccomp}
-    gaps = ["pathname Unix sockets stay connectable (Landlock ABI < 8 cannot restrict connect())",
-            "/dev/shm is the host's (shared, writable)", "no PID namespace: /proc lists host processes",
-            "read-only paths inside the run dir (the code snapshot) are writable: Landlock cannot subtract"]
+    info = {"available": True, "abi": int(abi), "seccomp": seccomp, "why": f"Landlock ABI {abi}"}
+    info["gaps"] = _landlock_gaps(info, network=False)
+    return info
+
+
+# ---------------------------------------------------------------- what each backend leaves open
+def _common_gaps(backend: str, network: bool) -> list[str]:
+    out = []
+    if network:
+        out.append("network access is ON for this run")
+    if os.getuid() == 0:
+        out.append("runs as uid 0 (the caller's uid) with every capability dropped; no uid switch")
+    out.append("disk use in the run dir is limited per file (RLIMIT_FSIZE), not in total")
+    return out
+
+
+def _landlock_gaps(info: dict, network: bool) -> list[str]:
+    abi, seccomp = info.get("abi", 0), info.get("seccomp", False)
+    out = ["no PID namespace: other processes are listed in /proc (their memory and environment stay unreadable)",
+           "/dev/shm is the host's: POSIX shared memory and semaphores of other processes can be opened by name",
+           "the code snapshot inside the run dir is writable (Landlock cannot subtract from a granted directory)",
+           "host files outside the hidden paths, $HOME, /tmp, /var/tmp, /run and /dev are readable"]
     if not seccomp:
-        gaps.append(f"no seccomp filter on {machine}: UDP and other non-TCP sockets are NOT blocked")
-    if abi < 4:
-        gaps.append("Landlock ABI < 4: TCP not restricted by Landlock")
+        out.append(f"no seccomp filter on {platform_machine()}: non-TCP sockets, host Unix sockets, SysV IPC, "
+                   "POSIX message queues and inotify are NOT blocked")
+    if abi < 4 and not (seccomp and not network):
+        out.append("Landlock ABI < 4: TCP is not restricted")
     if abi < 6:
-        gaps.append("Landlock ABI < 6: signals and abstract Unix sockets not scoped")
-    return {"available": True, "abi": int(abi), "seccomp": seccomp, "why": f"Landlock ABI {abi}", "gaps": gaps}
+        out.append("Landlock ABI < 6: signals to host processes of the same uid are not scoped")
+    return out
+
+
+def platform_machine() -> str:
+    import platform
+    return platform.machine()
+
+
+def backend_gaps(backend: str, network: bool = False) -> list[str]:
+    """Short, human-readable isolation gaps that remain for a run on `backend` (shown with every run)."""
+    if backend == "bwrap":
+        out = ["host files outside the hidden paths, $HOME, /tmp, /var/tmp and /run are readable (read-only)"]
+        if not probe_landlock().get("seccomp"):
+            out.append(f"no seccomp filter on {platform_machine()}: host Unix sockets on read-only host paths "
+                       "are connectable; dangerous syscalls are not filtered")
+        return out + _common_gaps(backend, network)
+    if backend == "landlock":
+        return _landlock_gaps(probe_landlock(), network) + _common_gaps(backend, network)
+    out = ["NOT ISOLATED: reads and writes everything this uid can", "other processes' environment and memory "
+           "are readable", "host IPC is reachable: Unix sockets, SysV IPC, POSIX message queues, /dev/shm, inotify"]
+    if not network:
+        out.append("network is open (backend 'none' cannot turn it off)")
+    if os.getuid() == 0:
+        out.append("runs as uid 0 with all capabilities")
+    return out + [g for g in _common_gaps(backend, network) if "capability" not in g]
 
 
 def available_backends() -> dict[str, dict[str, Any]]:
@@ -196,6 +240,12 @@ def readable_paths(policy: SandboxPolicy, launcher_exe: str) -> list[str]:
     return out
 
 
+def bwrap_private_dirs() -> list[str]:
+    """The host directories bwrap replaces by a private tmpfs: /tmp, /run, /var/tmp and $HOME."""
+    out = [t for t in ("/tmp", "/run", "/var/tmp") if os.path.isdir(t) and not os.path.islink(t)]
+    return out + [h for h in home_dirs() if h not in out]
+
+
 def bwrap_args(policy: SandboxPolicy, bwrap: str, gpu: list[str], launcher_exe: str) -> list[str]:
     lim = policy.limits
     a = [bwrap, "--die-with-parent", "--new-session", "--unshare-all"]
@@ -214,11 +264,8 @@ def bwrap_args(policy: SandboxPolicy, bwrap: str, gpu: list[str], launcher_exe: 
         seq += 1
         ops.append((_depth(path), seq, args))
 
-    for t in ("/tmp", "/run", "/var/tmp"):
-        if os.path.isdir(t) and not os.path.islink(t):
-            add(t, ["--size", str(int(lim.tmpfs_bytes)), "--tmpfs", t])
-    for h in home_dirs():
-        add(h, ["--size", str(16 << 20), "--tmpfs", h])
+    for t in bwrap_private_dirs():
+        add(t, ["--size", str(int(lim.tmpfs_bytes) if t not in home_dirs() else 16 << 20), "--tmpfs", t])
     for p in readable_paths(policy, launcher_exe):
         if os.path.exists(p):
             add(p, ["--ro-bind", p, p])
@@ -311,8 +358,19 @@ def doctor_report() -> dict[str, Any]:
     if kinds and chosen != "bwrap":
         kill += " + cgroup " + ("cgroup.kill" if "v2" in kinds else "v1 kill loop")
     nodes = gpu_nodes(None)
+    if chosen == "bwrap":
+        b = av["bwrap"]
+        source = f"{b.get('version') or 'bwrap'} from {b.get('origin')} ({b.get('path')})"
+    elif chosen == "landlock":
+        source = f"Landlock ABI {av['landlock'].get('abi')} + " + (
+            "seccomp (deny-list, no SysV/POSIX IPC, no inotify, brokered Unix connects)"
+            if av["landlock"].get("seccomp") else "no seccomp on this architecture")
+    else:
+        source = "no isolation available"
     return {
         "backend": chosen,
+        "backend_source": source,
+        "gaps": backend_gaps(chosen) if chosen in BACKEND_ORDER else [],
         "isolated": chosen != "none",
         "warning": None if chosen != "none" else "NOT ISOLATED: experiments run with only limits and a clean env",
         "better_backends_unavailable": better,

@@ -129,6 +129,7 @@ class SandboxResult:
     isolation: dict[str, Any]
     reason: str = ""                 # why it ended when not a plain exit (timeout, limit, launcher error)
     log_truncated: dict[str, bool] = field(default_factory=dict)
+    gaps: list[str] = field(default_factory=list)  # isolation gaps that remain for this backend (backends.backend_gaps)
 
     @property
     def ok(self) -> bool:

@@ -48,6 +48,7 @@ class SandboxedProcess:
         self.policy = policy
         self.backend = backend
         self.warnings: list[str] = []
+        self.gaps: list[str] = backends.backend_gaps(backend, bool(policy.network))  # known at launch
         self.pid: int | None = None
         self._popen: subprocess.Popen | None = None
         self._cancel = threading.Event()
@@ -131,22 +132,28 @@ class SandboxedProcess:
             if info.get("seccomp"):
                 roots = [str(pol.run_dir)] + ([self._host_tmp] if self._host_tmp else [])
                 cfg["seccomp"] = {"block_inet": not pol.network, "deny_ipc": True, "unix_broker": {"roots": roots}}
-            iso.update(landlock_abi=info.get("abi"), seccomp=bool(info.get("seccomp")), gaps=info.get("gaps", []),
+            iso.update(landlock_abi=info.get("abi"), seccomp=bool(info.get("seccomp")),
                        summary="landlock: reads limited to the host minus hidden paths/$HOME//tmp//run//dev, writes "
-                       "only to the run dir and /dev/shm; TCP and signals scoped; capabilities dropped; seccomp: "
-                       + ("no sockets but AF_UNIX, " if not pol.network else "") + "deny-list of dangerous syscalls")
+                       "only to the run dir and /dev/shm; TCP, signals and abstract Unix sockets scoped; capabilities "
+                       "dropped; seccomp: " + ("no sockets but AF_UNIX, " if not pol.network else "")
+                       + "deny-list of dangerous syscalls, no SysV IPC / POSIX mq / inotify, AF_UNIX stream only "
+                       "with connect() brokered to the run dir")
             if gpu:
                 self.warnings.append("GPU under Landlock is best effort (the NVIDIA driver writes /proc/<pid>/task/"
                                      "<tid>/comm, which Landlock denies); prefer bwrap")
         elif self.backend == "bwrap":
             # seccomp deny-list of dangerous syscalls inside bwrap too; network is the net namespace's job
+            # plus the connect() broker: host sockets on the read-only host paths (outside /tmp /run /var/tmp
+            # $HOME) stay reachable through a bind mount otherwise. SysV IPC and mq: the IPC namespace's job.
             if backends.probe_landlock().get("seccomp"):
-                cfg["seccomp"] = {"block_inet": False}
+                roots = [str(pol.run_dir)] + backends.bwrap_private_dirs()
+                cfg["seccomp"] = {"block_inet": False, "unix_broker": {"roots": roots}}
             iso.update(bwrap=backends.probe_bwrap().get("path"), pid_namespace=True, net_namespace=not pol.network,
                        summary="bwrap: user/pid/ipc/uts/cgroup/mount namespaces" + ("" if pol.network else " + net")
                        + "; all capabilities dropped; read-only root; private /tmp /run /var/tmp /dev $HOME; "
                        "read-only /proc/sys; hidden paths masked; run dir the only writable host path; "
-                       "seccomp deny-list (ptrace, mount, bpf, io_uring, keyctl, namespaces, ...)")
+                       "seccomp deny-list (ptrace, mount, bpf, io_uring, keyctl, namespaces, ...); AF_UNIX stream only, "
+                       "connect() brokered to the run dir and the private tmpfs")
         else:
             self.warnings.append(NOT_ISOLATED)
             iso["summary"] = "none: clean environment, rlimits, cgroup limits, tree kill, capped logs; NOT ISOLATED"
@@ -160,6 +167,7 @@ class SandboxedProcess:
             # join the cgroups before exec: nothing the sandbox starts can be outside them
             script = " && ".join(f"echo $$ > {shlex.quote(p)}" for p in procs) + ' && exec "$@"'
             cmd = ["/bin/sh", "-c", script, "sh"] + cmd
+        iso["gaps"] = list(self.gaps)
         self._iso = iso
         return cmd, cfg, status_w
 
@@ -409,7 +417,7 @@ class SandboxedProcess:
             status=status, returncode=returncode, wall_seconds=round(wall, 3), peak_memory_bytes=peak,
             backend=self.backend, network=bool(pol.network), warnings=warnings,
             stdout_path=pol.run_dir / "stdout.log", stderr_path=pol.run_dir / "stderr.log",
-            limits=pol.limits.to_dict(), isolation=iso, reason=reason, log_truncated=trunc)
+            limits=pol.limits.to_dict(), isolation=iso, reason=reason, log_truncated=trunc, gaps=list(self.gaps))
         self._done.set()
 
     def _read_status(self) -> dict | None:
