@@ -1,5 +1,5 @@
-"""eCLIP on open_clip (frozen harness): towers, text/image encoders, the CLIP loss, and the three
-expert-path building blocks. The template composes them; configs are dataclasses, additions are
+"""eCLIP on open_clip (frozen harness): towers, text/image encoders and the three expert-path
+building blocks. The template composes them; configs are dataclasses, additions are
 small modules next to (not inside) the open_clip towers.
 
 Expert variants (how extra, heatmap-guided pairs enter the one contrastive loss):
@@ -10,8 +10,8 @@ Expert variants (how extra, heatmap-guided pairs enter the one contrastive loss)
                attention -> an "expert image"), pixel mixup, then the same backbone;
                `pixel_expert_schedule` is its warm-up / ramp / anneal schedule.
   * `tokens` - `token_pool`: heatmap(box)-weighted pooling of the image tower's patch tokens.
-Logit scale: open_clip's learnable log scale, clamped to [0, ln(max)] after every step
-(`clamp_logit_scale_`; open_clip uses max = 100).
+The contrastive loss and the logit-scale clamp live in the template (`train.py`), where an
+experiment can change them.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import open_clip
@@ -136,21 +135,6 @@ def encode_text(model: open_clip.CLIP, tokens: torch.Tensor) -> torch.Tensor:
     if model.text_projection is not None:
         x = model.text_projection(x) if isinstance(model.text_projection, nn.Linear) else x @ model.text_projection
     return x
-
-
-def clip_loss(img: torch.Tensor, txt: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-    """Symmetric InfoNCE on L2-normalised embeddings (open_clip ClipLoss, arange labels)."""
-    img = F.normalize(img, dim=-1)
-    txt = F.normalize(txt, dim=-1)
-    logits = logit_scale * img @ txt.T
-    labels = torch.arange(img.shape[0], device=img.device)
-    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
-
-
-@torch.no_grad()
-def clamp_logit_scale_(model: open_clip.CLIP, max_scale: float = 100.0) -> None:
-    """open_clip_train: `logit_scale.clamp_(0, math.log(100))` after optimizer.step()."""
-    model.logit_scale.clamp_(0, math.log(max_scale))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,24 +14,25 @@ the comment stays unless the preset gives its own), ready to be copied into a wo
           Set PRETRAINED / PRETRAINED_VISUAL / PRETRAINED_TEXT to local weights to compare with
           the seed (its towers were pretrained); without them the log says it trains from scratch.
   replay  CPU: the seed's *starting* hyperparameters on the tiny towers: LR 3e-4, batch 48,
-          400 steps, projection 128, the `seed` expert variant at p = 0.3, and its logit-scale cap
-          of 2: the known bug (see the comment it renders), for checking that an agent finds it.
+          400 steps, projection 128, the `seed` expert variant at p = 0.3, and the seed's own
+          logit-scale settings (LOGIT_SCALE_INIT 1/0.07, LOGIT_SCALE_MAX 2.0).
+
+The number of folds is the workspace's (autoresearch.toml), not a train.py constant, so the agent
+cannot change the split; `preset_folds(name)` is a preset's suggested value for `init`.
 """
 from __future__ import annotations
 
-import ast
-import json
-import re
 from pathlib import Path
 
+from .constants import parse_constants, rewrite_constants
+
 TEMPLATE_PATH = Path(__file__).resolve().parent / "template" / "train.py"
-BLOCK_END = "runtime.apply_params(globals())"  # the constants block ends at this line
+BLOCK_END = "TIME_BUDGET = runtime.time_budget(TIME_BUDGET)"  # the constants block ends at this line
 # the sizes a tensor cache may be built for (model.prepare, tools/datacache.py)
 CACHE_SIZE_BOUNDS = {"IMAGE_SIZE": (16, 2048), "CONTEXT_LENGTH": (4, 1024)}
 
 _TINY = {
     "PRESET": "tiny",
-    "NUM_FOLDS": 1,
     "IMAGE_SIZE": 64,
     "PATCH_SIZE": 8,
     "VISION_WIDTH": 128,
@@ -56,12 +57,14 @@ _TINY = {
     "MIXUP_ALPHA": 0.3,
 }
 
+# folds of the protocol a workspace on the preset gets (autoresearch.toml; not a train.py constant)
+FOLDS = {"tiny": 1, "seed": 3, "replay": 1}
+
 PRESETS: dict[str, dict] = {
     "tiny": dict(_TINY),
     "seed": {
         **_TINY,
         "PRESET": "seed",
-        "NUM_FOLDS": 3,
         "IMAGE_SIZE": 224,
         "PATCH_SIZE": 16,
         "VISION_WIDTH": 384,
@@ -103,7 +106,7 @@ DESCRIPTIONS = {
             "a full experiment in ~100 s on 2 cores",
     "seed": "GPU: ViT-S/16 at 224 + 12-layer text, proj 512, 800 steps of 64, seed expert p=0.8, 3 folds",
     "replay": "CPU: the seed's starting hyperparameters (lr 3e-4, batch 48, 400 steps, proj 128, "
-              "expert p=0.3) with its logit-scale cap of 2 (the known bug)",
+              "expert p=0.3) and its logit-scale settings",
 }
 
 # comments that replace the template's own on a constant's line
@@ -112,7 +115,6 @@ COMMENTS = {
         "LOGIT_SCALE_INIT": "# initial logit scale (CLIP: 1/0.07, as the seed)",
     },
     "replay": {
-        "LOGIT_SCALE_MAX": "# KNOWN BUG kept from the seed: caps the logit scale at 2 (open_clip: 100)",
         "LOGIT_SCALE_INIT": "# initial logit scale (CLIP: 1/0.07; the seed's value)",
     },
 }
@@ -129,67 +131,22 @@ def get_preset(name: str) -> dict:
     return dict(PRESETS[name])
 
 
-def _literal(v) -> str:
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, float):
-        r = repr(v)
-        return r if ("e" in r or "." in r or "inf" in r or "nan" in r) else r + ".0"
-    return repr(v)
+def preset_folds(name: str) -> int:
+    """The number of folds a workspace on preset `name` uses (ValueError for an unknown preset)."""
+    get_preset(name)
+    return FOLDS[name]
 
 
 def render_template(preset: str) -> str:
     """The train.py text with the constants block set for `preset` (ValueError for an unknown one)."""
     values = get_preset(preset)
-    comments = COMMENTS.get(preset, {})
     full = TEMPLATE_PATH.read_text()
     end = full.find(BLOCK_END)
     if end < 0:
         raise RuntimeError(f"template: no `{BLOCK_END}` line after the constants block")
-    text, rest = full[:end], full[end:]
-    for name, value in values.items():
-        pat = re.compile(rf"^{name}[ \t]*=[ \t]*(?P<val>[^#\n]*?)(?P<pad>[ \t]*)(?P<comment>#[^\n]*)?$", re.M)
-        hits = pat.findall(text)
-        if len(hits) != 1:
-            raise RuntimeError(f"template: expected one line `{name} = ...`, found {len(hits)}")
-
-        def sub(m, name=name, value=value):
-            old = m.group("val").strip()
-            try:
-                same = type(ast.literal_eval(old)) is type(value) and ast.literal_eval(old) == value
-            except (ValueError, SyntaxError):
-                same = False
-            code = f"{name} = {old if same else _literal(value)}"
-            comment = comments.get(name) or m.group("comment")
-            if not comment:
-                return code
-            col = m.start("comment") - m.start()
-            return (code.ljust(col) if len(code) < col else code + "  ") + comment
-
-        text = pat.sub(sub, text, count=1)
-    return text + rest
+    return rewrite_constants(full[:end], values, COMMENTS.get(preset, {})) + full[end:]
 
 
 def template_constants(text: str, *, drop_reassigned: bool = False) -> dict:
-    """Parse the top-level `NAME = literal` lines of a template text (for tests and tools; no exec).
-    A later non-literal assignment (`NAME = f(NAME)`, `NAME += 1`) keeps the declared literal, or
-    with `drop_reassigned` leaves the name out: its value at run time is unknown without running it."""
-    out = {}
-    for node in ast.parse(text).body:
-        if isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
-            if drop_reassigned:
-                out.pop(node.target.id, None)
-            continue
-        if isinstance(node, ast.Assign) and len(node.targets) == 1:
-            target, value = node.targets[0], node.value
-        elif isinstance(node, ast.AnnAssign) and node.value is not None:
-            target, value = node.target, node.value
-        else:
-            continue
-        if isinstance(target, ast.Name) and target.id.isupper():
-            try:
-                out[target.id] = ast.literal_eval(value)
-            except ValueError:
-                if drop_reassigned:
-                    out.pop(target.id, None)
-    return out
+    """model.constants.parse_constants (kept under this name for its callers)."""
+    return parse_constants(text, drop_reassigned=drop_reassigned)

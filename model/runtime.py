@@ -1,110 +1,158 @@
-"""The run contract between a child `train.py` and the product (frozen harness).
+"""The run contract between a child `train.py` and the product (frozen harness, child side).
+
+One process trains one fold: it reads the fold's task, trains, embeds the fold's eval pool and
+hands the embeddings back. The supervisor scores them outside the sandbox (`model.scoring`);
+nothing the child writes can set the objective.
 
 Environment (all optional; the template runs standalone without any of them):
-  AR_RUN_DIR         writable output folder (default ./run): events.jsonl, metrics.json or
-                     test_metrics.json, model.pt (only with SAVE_CHECKPOINT).
-  AR_DATA_DIR        dataset root, read-only (default: the synthetic dataset in the user cache).
-  AR_CACHE_DIR       extra tensor-cache folder, read and (if writable) written.
-  AR_PARAMS          path to a JSON object overriding UPPERCASE constants of train.py.
-  AR_TIME_BUDGET_S   training-time budget in seconds; overrides TIME_BUDGET.
-  AR_EVAL_SPLIT      `val` (default: the k-fold protocol) or `test` (train on all train+val,
-                     evaluate once on the test annotations, write test_metrics.json).
-  AR_TEST_ANNOTATIONS  test annotations (.jsonl) for AR_EVAL_SPLIT=test (default: the manifest's).
+  AR_TASK_DIR        the fold's task folder (read-only; `model.tasks`): training pairs, the eval
+                     pool as images and captions in two independent secret orders, task.json.
+                     Unset: a one-fold task is built in a temp folder from AR_DATA_DIR (default:
+                     the synthetic dataset in the user cache), and `save_embeddings` prints the
+                     local score (a convenience for running `python train.py` by hand).
+  AR_RUN_DIR         writable output folder (default ./run).
+  AR_TIME_BUDGET_S   this fold's training seconds (its share of the run's budget); overrides
+                     TIME_BUDGET.
+  AR_DATA_DIR, AR_CACHE_DIR   standalone only: where the temp task's data and tensor cache are.
 
-Outputs:
-  events.jsonl   one JSON line per progress report, flushed: {"t", "step", "loss", "elapsed",
-                 "fold"}; at the first step and then at least every EVENT_EVERY_S of training.
-  metrics.json   the flat block from `model.eval.summarize` plus run facts; written to a temp file
-                 and renamed, so a reader never sees half a file.
+Outputs in AR_RUN_DIR:
+  image_embeddings.npy, text_embeddings.npy   float32 [n_eval, D], row r = row r of
+                 task.eval_images / task.eval_tokens (written to a temp file and renamed).
+  events.jsonl   one JSON line per progress report, flushed: {"t", "step", "loss", "elapsed"};
+                 at the first step and then at least every EVENT_EVERY_S of training.
+  metrics.json   informational facts of the run (steps, stopped_by, loss, peak memory, ...);
+                 written atomically; never the objective.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
 import platform
 import random
 import resource
+import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from . import scoring
+from .data import PairData
+from .tasks import build_tasks, key_path, task_dir
+
 EVENT_EVERY_S = 1.0
-EVAL_SPLITS = ("val", "test")
-_SCALARS = (bool, int, float, str, type(None))
+
+_standalone_key: Path | None = None      # the key of a task built here (standalone runs only)
+_n_eval: int | None = None
 
 
-class ParamsError(ValueError):
-    pass
+@dataclass
+class Task:
+    """One fold's work: `train` (PairData of the training pairs), the unpaired eval pool, task.json."""
+    train: PairData
+    eval_images: torch.Tensor         # uint8 [E, 3, S, S], the pool in secret order A
+    eval_tokens: torch.Tensor         # long [E, L], the pool in an independent secret order B
+    fold: int
+    num_folds: int
+    split: str
+    info: dict = field(default_factory=dict)
+    dir: Path | None = None
 
 
-def hyperparameters(namespace: dict) -> dict:
-    """The UPPERCASE scalar constants of a module namespace (the editable hyperparameters)."""
-    return {k: v for k, v in namespace.items()
-            if k.isupper() and not k.startswith("_") and isinstance(v, _SCALARS)}
+def _load(path: Path, mmap: bool = False) -> torch.Tensor:
+    # mmap_mode "c": copy-on-write pages of the read-only file (writable for torch, nothing written back)
+    return torch.from_numpy(np.load(path, mmap_mode="c" if mmap else None, allow_pickle=False))
 
 
-def _coerce(name: str, current, new):
-    if current is None:  # a constant defaulting to None takes any scalar
-        return new
-    if isinstance(current, bool):
-        if isinstance(new, bool):
-            return new
-    elif isinstance(current, int):
-        if isinstance(new, int) and not isinstance(new, bool):
-            return new
-    elif isinstance(current, float):
-        if isinstance(new, (int, float)) and not isinstance(new, bool):
-            if not math.isfinite(float(new)):
-                raise ParamsError(f"AR_PARAMS: {name} must be finite, got {new!r}")
-            return float(new)
-    elif isinstance(current, str):
-        if isinstance(new, str):
-            return new
-    raise ParamsError(f"AR_PARAMS: {name} must be {type(current).__name__} like its default "
-                      f"{current!r}, got {type(new).__name__} {new!r}")
-
-
-def apply_params(namespace: dict, path: str | None = None) -> dict:
-    """Override constants in `namespace` from the JSON object at `path` (default $AR_PARAMS).
-
-    For the template: a bad file, an unknown key or a wrong type ends the run (exit 2) with one
-    `FAIL:` line naming the key and the valid choices. Returns the overrides applied.
-    """
+def read_task(path) -> Task:
+    """The task in `task_dir` (the layout of model.tasks)."""
+    d = Path(path)
     try:
-        return load_params(namespace, path)
-    except ParamsError as e:
-        fail(str(e), code=2)
+        info = json.loads((d / "task.json").read_text())
+    except (OSError, ValueError) as e:
+        fail(f"AR_TASK_DIR={d}: no readable task.json ({e})", code=2)
+    images = _load(d / "train_images.npy", mmap=True)
+    n = images.shape[0]
+    train = PairData(
+        images=images,
+        tokens=_load(d / "train_tokens.npy").long(),
+        boxes=_load(d / "train_boxes.npy"),
+        box_valid=_load(d / "train_box_valid.npy"),
+        phrase_tokens=_load(d / "train_phrase_tokens.npy"),
+        split=torch.zeros(n, dtype=torch.int8),
+        twin=_load(d / "train_twin.npy").long(),
+        fingerprint=str(info.get("data_fingerprint", "")),
+    )
+    return Task(train=train, eval_images=_load(d / "eval_images.npy", mmap=True),
+                eval_tokens=_load(d / "eval_tokens.npy").long(), fold=int(info["fold"]),
+                num_folds=int(info["num_folds"]), split=str(info["split"]), info=info, dir=d)
 
 
-def load_params(namespace: dict, path: str | None = None) -> dict:
-    """apply_params, raising ParamsError instead of exiting."""
-    path = path if path is not None else os.environ.get("AR_PARAMS")
-    if not path:
-        return {}
-    try:
-        raw = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise ParamsError(f"AR_PARAMS: cannot read {path} ({e.strerror})") from None
-    except json.JSONDecodeError as e:
-        raise ParamsError(f"AR_PARAMS: {path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    if not isinstance(raw, dict):
-        raise ParamsError(f"AR_PARAMS: {path} must hold a JSON object, got {type(raw).__name__}")
-    known = hyperparameters(namespace)
-    unknown = sorted(k for k in raw if k not in known)
-    if unknown:
-        raise ParamsError(f"AR_PARAMS: unknown parameter(s) {unknown}; valid: {sorted(known)}")
-    out = {k: _coerce(k, known[k], v) for k, v in raw.items()}
-    namespace.update(out)
-    return out
+def load_task(image_size: int | None = None, context_length: int | None = None, log=print) -> Task:
+    """The fold's task from $AR_TASK_DIR; standalone (unset), a one-fold val task built in a temp
+    folder for `image_size` / `context_length`. A task built for other sizes ends the run (exit 2)."""
+    global _standalone_key, _n_eval
+    d = os.environ.get("AR_TASK_DIR")
+    if not d:
+        if image_size is None or context_length is None:
+            fail("AR_TASK_DIR is not set; a standalone run needs load_task(IMAGE_SIZE, CONTEXT_LENGTH)", code=2)
+        tmp = Path(tempfile.mkdtemp(prefix="eclip-task-"))
+        atexit.register(shutil.rmtree, tmp, True)
+        log(f"task: AR_TASK_DIR not set; building a one-fold task in {tmp} (standalone run)")
+        build_tasks(None, None, image_size=image_size, context_length=context_length, num_folds=1, split="val",
+                    out_dir=tmp / "tasks", log=log)
+        d = task_dir(tmp / "tasks", 0)
+        _standalone_key = key_path(tmp / "tasks", 0)
+    task = read_task(d)
+    for name, want in (("image_size", image_size), ("context_length", context_length)):
+        if want is not None and task.info.get(name) != want:
+            fail(f"the task in {d} was built for {name} {task.info.get(name)}, this script asks for {want}; "
+                 f"the supervisor builds tasks from the script's IMAGE_SIZE / CONTEXT_LENGTH literals", code=2)
+    _n_eval = len(task.eval_tokens)
+    return task
+
+
+def save_embeddings(image_emb, text_emb) -> dict | None:
+    """Write RUN_DIR/image_embeddings.npy and text_embeddings.npy (float32, atomically): row r of
+    each is the embedding of row r of task.eval_images / task.eval_tokens. Standalone runs also
+    score them here and return the metrics (the product scores them itself; None then)."""
+    arrays = {}
+    for name, x in ((scoring.IMAGE_FILE, image_emb), (scoring.TEXT_FILE, text_emb)):
+        if isinstance(x, torch.Tensor):
+            x = x.detach().float().cpu().numpy()
+        x = np.ascontiguousarray(np.asarray(x, dtype=np.float32))
+        if x.ndim != 2 or (_n_eval is not None and x.shape[0] != _n_eval):
+            fail(f"{name}: shape {x.shape}, expected [{_n_eval if _n_eval is not None else 'n_eval'}, D] "
+                 f"(one row per row of task.eval_images / task.eval_tokens, in order)")
+        arrays[name] = x
+    out = run_dir()
+    for name, x in arrays.items():
+        fd, tmp = tempfile.mkstemp(prefix=name + ".", suffix=".tmp", dir=out)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.save(f, x, allow_pickle=False)
+            os.replace(tmp, out / name)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+    if _standalone_key is None:
+        return None
+    m = scoring.score_fold(out, _standalone_key)
+    print(f"local score (standalone, not recorded): mean_rank {m['mean_rank']:.3f} of random "
+          f"{m['random_mean_rank']:.1f}, R@1 i2t {m['i2t_r1']:.3f} t2i {m['t2i_r1']:.3f}"
+          + (f", twin_acc {m['twin_acc']:.3f}" if "twin_acc" in m else ""), flush=True)
+    return m
 
 
 def time_budget(default: float) -> float:
-    """$AR_TIME_BUDGET_S (seconds of training, all folds together) if set, else `default`."""
+    """$AR_TIME_BUDGET_S (this fold's training seconds) if set, else `default`."""
     v = os.environ.get("AR_TIME_BUDGET_S")
     if not v:
         return float(default)
@@ -115,13 +163,6 @@ def time_budget(default: float) -> float:
     if not (math.isfinite(b) and b > 0):
         fail(f"AR_TIME_BUDGET_S must be a positive number of seconds, got {v!r}", code=2)
     return b
-
-
-def eval_split() -> str:
-    s = os.environ.get("AR_EVAL_SPLIT") or "val"
-    if s not in EVAL_SPLITS:
-        fail(f"AR_EVAL_SPLIT must be one of {list(EVAL_SPLITS)}, got {s!r}", code=2)
-    return s
 
 
 def run_dir() -> Path:
@@ -201,11 +242,7 @@ def write_json_atomic(path: Path, obj) -> None:
         raise
 
 
-def json_safe(params: dict) -> dict:
-    return {k: v for k, v in params.items() if isinstance(v, _SCALARS)}
-
-
 def fail(msg: str, code: int = 1):
-    """Print a clear failure line to stderr and exit non-zero (never writes metrics.json)."""
+    """Print a clear failure line to stderr and exit non-zero (writes no embeddings, no metrics)."""
     print(f"FAIL: {msg}", file=sys.stderr, flush=True)
     sys.exit(code)

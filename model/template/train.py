@@ -1,18 +1,21 @@
 """
 eCLIP experiment: train CLIP towers (open_clip) with an eCLIP expert path on grounded
-image-caption pairs, then score image<->caption retrieval with the frozen protocol.
+image-caption pairs, for ONE fold of the protocol, then embed that fold's eval pool.
 
-This is the file you edit. The harness in `model/` (data, heatmaps, eval, building blocks) is
-frozen: the evaluation cannot be changed from here, and the objective is `mean_rank` (lower is
-better; the random baseline (N-1)/2 is printed beside it).
+This is the file you edit. The harness in `model/` (data, heatmaps, building blocks, the task
+loader) is frozen, and the score is not computed here: the supervisor ranks the embeddings this
+script saves against the pairing it keeps to itself (mean rank of the true match, both
+directions, lower is better; the random baseline (N-1)/2). The eval pool reaches this script as
+images and captions in two independent shuffled orders, so the pairing cannot be looked up.
+One process trains one fold; the supervisor starts one per fold (the number of folds is the
+workspace's, not this file's).
 
-Run:  python train.py
-Env (all optional): AR_RUN_DIR, AR_DATA_DIR, AR_CACHE_DIR, AR_PARAMS (JSON overrides of the
-constants below), AR_TIME_BUDGET_S (overrides TIME_BUDGET), AR_EVAL_SPLIT (val | test),
-AR_TEST_ANNOTATIONS. See model/runtime.py for the contract.
+Run:  python train.py   (without AR_TASK_DIR it builds a one-fold task from the default
+      dataset and prints a local score: a convenience, not a recorded result)
+Env (set by the supervisor): AR_TASK_DIR (this fold's task), AR_RUN_DIR (outputs),
+AR_TIME_BUDGET_S (this fold's training seconds; overrides TIME_BUDGET). See model/runtime.py.
 """
 import math
-import os
 import random
 import time
 
@@ -21,20 +24,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from model import runtime
-from model.data import batch_indices, load_pairs, make_folds, normalize_images
-from model.eclip import (ClipConfig, PixelExpert, SeedHeatmapProcessor, build_clip, clamp_logit_scale_,
-                         clip_loss, encode_image, encode_text, pixel_expert_schedule, sample_region, token_pool)
-from model.eval import evaluate, summarize
+from model.data import batch_indices, normalize_images
+from model.eclip import (ClipConfig, PixelExpert, SeedHeatmapProcessor, build_clip, encode_image, encode_text,
+                         pixel_expert_schedule, sample_region, token_pool)
 from model.heatmaps import box_heatmaps, patch_coverage
 
 _t_start = time.time()
 
 # ---------------------------------------------------------------------------------------------
-# Hyperparameters (edit these directly; $AR_PARAMS may override any of them)
+# Hyperparameters (edit these directly)
 # ---------------------------------------------------------------------------------------------
 PRESET = "tiny"              # the preset this file was rendered from (informational)
-SEED = 0                     # seeds python, numpy, torch: same seed + same code -> same metrics (CPU)
-NUM_FOLDS = 1                # k folds over pooled train+val; 1 = the original train/val split
+SEED = 0                     # seeds python, numpy, torch: same seed + same code -> same embeddings (CPU)
+FOLD_SEED_OFFSET = 1000      # fold k trains with seed SEED + FOLD_SEED_OFFSET * k
 
 # model: open_clip towers
 IMAGE_SIZE = 64              # input side in pixels (images are squashed, not cropped)
@@ -55,9 +57,12 @@ PRETRAINED_TEXT = ""         # local state dict for the text tower only (non-str
 BATCH_SIZE = 64              # pairs per step
 LR = 1e-3                    # peak AdamW learning rate
 WEIGHT_DECAY = 0.1           # AdamW weight decay (not on gains, biases, embeddings, logit scale)
+ADAM_BETA1 = 0.9             # AdamW beta1
+ADAM_BETA2 = 0.98            # AdamW beta2 (CLIP: 0.98; torch's default 0.999)
+ADAM_EPS = 1e-6              # AdamW epsilon (CLIP: 1e-6)
 WARMUP_STEPS = 30            # linear warm-up, then cosine decay to 0 at MAX_STEPS
-MAX_STEPS = 300              # step budget per fold (the run's main budget: keeps it deterministic)
-TIME_BUDGET = 100.0          # training seconds for all folds together; a safety net (AR_TIME_BUDGET_S overrides)
+MAX_STEPS = 300              # step budget of this fold (the run's main budget: keeps it deterministic)
+TIME_BUDGET = 100.0          # training seconds of this fold; a safety net (AR_TIME_BUDGET_S overrides)
 GRAD_CLIP = 1.0              # max gradient norm (0 = off)
 LOGIT_SCALE_INIT = 30.0      # initial logit scale (CLIP: 1/0.07 = 14.3; 30 learns faster in a short run)
 LOGIT_SCALE_MAX = 100.0      # the scale is clamped to <= this after every step (open_clip: 100)
@@ -69,14 +74,16 @@ EXPERT_PROB = 0.3            # chance that a step adds expert pairs (pixel: the 
 EXPERT_WEIGHT = 0.1          # weight of the expert loss (seed, tokens)
 MIXUP_ALPHA = 0.3            # Beta(a, a) mixup of image and expert (seed: embeddings; pixel: pixels)
 EXPERT_LR_MULT = 1.0         # the expert module's LR as a multiple of LR (original eCLIP: 2.0; the seed: 1.0)
+SEED_EXPERT_HEADS = 4        # seed: attention heads of the heatmap processor (its width is EMBED_DIM)
+PIXEL_EXPERT_DIM = 256       # pixel: width of the AlphaMask encoder
+PIXEL_EXPERT_HEADS = 8       # pixel: its attention heads
+COLD_START_RECON_WEIGHT = 0.3  # pixel: first 10 % of steps, loss = (1 - w) * CLIP + w * reconstruction
 
 # output
 EVAL_BATCH_SIZE = 256        # batch size for embedding the eval pool
-SAVE_CHECKPOINT = False      # write RUN_DIR/model.pt (last fold's weights)
+SAVE_CHECKPOINT = False      # write RUN_DIR/model.pt
 
-runtime.apply_params(globals())
 TIME_BUDGET = runtime.time_budget(TIME_BUDGET)
-PARAMS = runtime.json_safe(runtime.hyperparameters(globals()))
 
 # ---------------------------------------------------------------------------------------------
 # Model: open_clip CLIP towers + the expert module of EXPERT_VARIANT
@@ -94,9 +101,9 @@ class ECLIP(nn.Module):
         super().__init__()
         self.clip = build_clip(CLIP_CFG, PRETRAINED, PRETRAINED_VISUAL, PRETRAINED_TEXT, log=log)
         if EXPERT_VARIANT == "seed":
-            self.expert = SeedHeatmapProcessor(EMBED_DIM, PATCH_SIZE)
+            self.expert = SeedHeatmapProcessor(EMBED_DIM, PATCH_SIZE, heads=SEED_EXPERT_HEADS)
         elif EXPERT_VARIANT == "pixel":
-            self.expert = PixelExpert(PATCH_SIZE)
+            self.expert = PixelExpert(PATCH_SIZE, dim=PIXEL_EXPERT_DIM, heads=PIXEL_EXPERT_HEADS)
         elif EXPERT_VARIANT in ("tokens", "none"):
             self.expert = None
         else:
@@ -107,6 +114,16 @@ class ECLIP(nn.Module):
 
     def encode_text(self, tokens):
         return encode_text(self.clip, tokens)
+
+
+def clip_loss(img, txt, scale):
+    """CLIP's contrastive loss: cosine similarities times the logit scale, then cross-entropy
+    with the matching pair as the target, images -> captions and captions -> images, averaged."""
+    img = F.normalize(img, dim=-1)
+    txt = F.normalize(txt, dim=-1)
+    logits = scale * img @ txt.T
+    labels = torch.arange(img.shape[0], device=img.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 def compute_loss(model, batch, step, use_expert, gen):
@@ -122,7 +139,7 @@ def compute_loss(model, batch, step, use_expert, gen):
         # original eCLIP cold start: reconstruct the image through the expert with an all-ones heatmap
         ones = torch.ones_like(images[:, 0])
         recon = F.mse_loss(model.expert(images, ones), images)
-        return 0.7 * clip_loss(img, txt, scale) + 0.3 * recon
+        return (1 - COLD_START_RECON_WEIGHT) * clip_loss(img, txt, scale) + COLD_START_RECON_WEIGHT * recon
     if not use_expert:
         return clip_loss(img, txt, scale)
 
@@ -170,12 +187,13 @@ def make_optimizer(model):
         mult = EXPERT_LR_MULT if name.startswith("expert.") else 1.0
         key = (0.0 if exclude else WEIGHT_DECAY, mult)
         groups.setdefault(key, {"params": [], "weight_decay": key[0], "lr_mult": mult})["params"].append(p)
-    return torch.optim.AdamW(list(groups.values()), lr=LR, betas=(0.9, 0.98), eps=1e-6)
+    fused = {"fused": True} if device.type == "cuda" else {}   # one kernel for all parameters on a GPU
+    return torch.optim.AdamW(list(groups.values()), lr=LR, betas=(ADAM_BETA1, ADAM_BETA2), eps=ADAM_EPS, **fused)
 
 
 def lr_at(step, time_frac=None):
-    """Linear warm-up, then cosine to 0 at MAX_STEPS; with `time_frac` (share of the fold's time
-    budget used), cosine to 0 at whichever budget runs out first."""
+    """Linear warm-up, then cosine to 0 at MAX_STEPS; with `time_frac` (share of the time budget
+    used), cosine to 0 at whichever budget runs out first."""
     if step < WARMUP_STEPS:
         return LR * (step + 1) / WARMUP_STEPS
     progress = (step - WARMUP_STEPS) / max(1, MAX_STEPS - WARMUP_STEPS)
@@ -193,26 +211,18 @@ def expert_prob_at(step):
 
 
 # ---------------------------------------------------------------------------------------------
-# Setup: device, data, folds
+# Setup: device, this fold's task (training pairs + the unpaired eval pool)
 # ---------------------------------------------------------------------------------------------
 RUN_DIR = runtime.run_dir()
-EVAL_SPLIT = runtime.eval_split()
 device = runtime.pick_device()
-runtime.seed_everything(SEED)
+task = runtime.load_task(IMAGE_SIZE, CONTEXT_LENGTH)
+data = task.train
+FOLD_SEED = SEED + FOLD_SEED_OFFSET * task.fold
+runtime.seed_everything(FOLD_SEED)
 amp = torch.autocast("cuda", dtype=torch.bfloat16) if (AMP and device.type == "cuda") else torch.autocast("cpu", enabled=False)
-print(f"preset {PRESET} | device {runtime.device_name(device)} | expert {EXPERT_VARIANT} | split {EVAL_SPLIT} "
-      f"| budget {MAX_STEPS} steps/fold, {TIME_BUDGET:.0f} s training", flush=True)
-
-data = load_pairs(IMAGE_SIZE, CONTEXT_LENGTH)
-if EVAL_SPLIT == "test":
-    # the human-only test command: train once on all of train+val, evaluate once on the test annotations
-    test = load_pairs(IMAGE_SIZE, CONTEXT_LENGTH, split="test", annotations=os.environ.get("AR_TEST_ANNOTATIONS"))
-    plan = [(torch.arange(len(data)), test, torch.arange(len(test)))]
-    n_budget_folds = max(1, NUM_FOLDS)   # same per-fold time share as a val run
-else:
-    plan = [(tr, data, va) for tr, va in make_folds(data, NUM_FOLDS)]
-    n_budget_folds = len(plan)
-fold_budget = TIME_BUDGET / n_budget_folds
+print(f"preset {PRESET} | device {runtime.device_name(device)} | expert {EXPERT_VARIANT} | fold {task.fold + 1}/"
+      f"{task.num_folds} ({task.split}): {len(data)} training pairs, eval pool {len(task.eval_tokens)} "
+      f"| budget {MAX_STEPS} steps, {TIME_BUDGET:.0f} s training", flush=True)
 
 
 def to_device(rows):
@@ -226,101 +236,111 @@ def to_device(rows):
 
 
 # ---------------------------------------------------------------------------------------------
-# Training loop (one model per fold), then the frozen evaluation
+# Training loop
 # ---------------------------------------------------------------------------------------------
 events = runtime.EventLog(RUN_DIR)
-fold_metrics, total_steps, train_seconds, stopped_by, expert_steps, schedule_by = [], 0, 0.0, "steps", 0, "steps"
-for fold, (train_rows, eval_data, eval_rows) in enumerate(plan):
-    runtime.seed_everything(SEED + 1000 * fold)
-    model = ECLIP(log=print if fold == 0 else (lambda *_: None)).to(device)
-    clamp_logit_scale_(model.clip, LOGIT_SCALE_MAX)
-    opt = make_optimizer(model)
-    rng = random.Random(SEED + 1000 * fold)                       # expert-step coin flips
-    gen = torch.Generator().manual_seed(SEED + 1000 * fold)       # region choice
-    batches = batch_indices(train_rows, BATCH_SIZE, seed=SEED + 1000 * fold)
-    model.train()
-    t0 = time.time()
-    step, by_time, t10 = 0, False, 0.0
-    while step < MAX_STEPS:
-        batch = to_device(next(batches))
-        elapsed = time.time() - t0
-        # too slow to reach MAX_STEPS within the time budget (judged from the speed after step 10)?
-        # then anneal by time from here on, so a cut-short run still ends at LR 0 (not reproducible)
-        if step == 10:
-            t10 = elapsed
-        if step > 10 and not by_time:
-            by_time = t10 + (elapsed - t10) / (step - 10) * (MAX_STEPS - 10) > fold_budget
-            schedule_by = "time" if by_time else schedule_by
-        for g in opt.param_groups:
-            g["lr"] = lr_at(step, elapsed / fold_budget if by_time else None) * g["lr_mult"]
-        use_expert = rng.random() < expert_prob_at(step)
-        expert_steps += use_expert
-        with amp:
-            loss = compute_loss(model, batch, step, use_expert, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if GRAD_CLIP > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
-        opt.step()
-        clamp_logit_scale_(model.clip, LOGIT_SCALE_MAX)
-        loss_f = loss.item()
-        if not math.isfinite(loss_f):
-            events.log(total_steps + step + 1, 0.0 if math.isnan(loss_f) else loss_f, force=True, fold=fold)
-            runtime.fail(f"loss is {loss_f} at fold {fold} step {step} (LR={LR}); stopping")
-        step += 1
-        events.log(total_steps + step, loss_f, force=(step == 1), fold=fold)
-        if time.time() - t0 >= fold_budget:
-            stopped_by = "time"
-            break
-    fold_seconds = time.time() - t0
-    train_seconds += fold_seconds
-    total_steps += step
-    events.log(total_steps, loss_f, force=True, fold=fold)
-
-    model.eval()  # evaluation runs in float32 (no autocast): bf16 similarities would tie
-    m = evaluate(model.encode_image, model.encode_text, eval_data, eval_rows, device, EVAL_BATCH_SIZE)
-    m["steps"], m["train_seconds"] = step, round(fold_seconds, 3)
-    fold_metrics.append(m)
-    print(f"fold {fold}: {step} steps in {fold_seconds:.1f} s, loss {loss_f:.4f}, mean_rank {m['mean_rank']:.2f} "
-          f"of random {m['random_mean_rank']:.1f}, logit scale {model.clip.logit_scale.exp().item():.2f}", flush=True)
+model = ECLIP().to(device)
+opt = make_optimizer(model)
+rng = random.Random(FOLD_SEED)                       # expert-step coin flips
+gen = torch.Generator().manual_seed(FOLD_SEED)       # region choice
+batches = batch_indices(torch.arange(len(data)), BATCH_SIZE, seed=FOLD_SEED)
+with torch.no_grad():
+    model.clip.logit_scale.clamp_(0, math.log(LOGIT_SCALE_MAX))
+model.train()
+t0 = time.time()
+step, by_time, t10, expert_steps, stopped_by, schedule_by = 0, False, 0.0, 0, "steps", "steps"
+while step < MAX_STEPS:
+    batch = to_device(next(batches))
+    elapsed = time.time() - t0
+    # too slow to reach MAX_STEPS within the time budget (judged from the speed after step 10)?
+    # then anneal by time from here on, so a cut-short run still ends at LR 0 (not reproducible)
+    if step == 10:
+        t10 = elapsed
+    if step > 10 and not by_time:
+        by_time = t10 + (elapsed - t10) / (step - 10) * (MAX_STEPS - 10) > TIME_BUDGET
+        schedule_by = "time" if by_time else schedule_by
+    for g in opt.param_groups:
+        g["lr"] = lr_at(step, elapsed / TIME_BUDGET if by_time else None) * g["lr_mult"]
+    use_expert = rng.random() < expert_prob_at(step)
+    expert_steps += use_expert
+    with amp:
+        loss = compute_loss(model, batch, step, use_expert, gen)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if GRAD_CLIP > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+    opt.step()
+    with torch.no_grad():  # as open_clip's training loop: clamp the learnt scale right after the step
+        model.clip.logit_scale.clamp_(0, math.log(LOGIT_SCALE_MAX))
+    loss_f = loss.item()
+    if not math.isfinite(loss_f):
+        events.log(step + 1, 0.0 if math.isnan(loss_f) else loss_f, force=True)
+        runtime.fail(f"loss is {loss_f} at step {step} (LR={LR}); stopping")
+    step += 1
+    events.log(step, loss_f, force=(step == 1))
+    if time.time() - t0 >= TIME_BUDGET:
+        stopped_by = "time"
+        break
+train_seconds = time.time() - t0
+events.log(step, loss_f, force=True)
 events.close()
-
 if SAVE_CHECKPOINT:
-    torch.save({"state_dict": model.state_dict(), "params": PARAMS}, RUN_DIR / "model.pt")
+    torch.save({"state_dict": model.state_dict()}, RUN_DIR / "model.pt")
 
 # ---------------------------------------------------------------------------------------------
-# Summary: metrics.json (or test_metrics.json) and a readable block
+# Embed the eval pool (rows in the task's order) and hand the embeddings to the supervisor
 # ---------------------------------------------------------------------------------------------
-metrics = summarize(fold_metrics)
-metrics.update(
-    peak_memory_gb=round(runtime.peak_memory_gb(device), 4),
-    steps=total_steps,
-    train_seconds=round(train_seconds, 3),
-    seed=SEED,
-    data_fingerprint=data.fingerprint,
-    device=runtime.device_name(device),
-    expert_variant=EXPERT_VARIANT,
-    expert_steps=expert_steps,
-    preset=PRESET,
-    eval_split=EVAL_SPLIT,
+@torch.no_grad()
+def embed(encode, inputs, prep=None):
+    """encode() over inputs in batches of EVAL_BATCH_SIZE -> float32 CPU [len(inputs), EMBED_DIM]."""
+    out = []
+    for s in range(0, len(inputs), EVAL_BATCH_SIZE):
+        x = inputs[s:s + EVAL_BATCH_SIZE].to(device)
+        out.append(encode(prep(x) if prep else x).float().cpu())
+    return torch.cat(out)
+
+
+model.eval()  # float32 (no autocast): bf16 similarities would tie
+t_eval = time.time()
+image_emb = embed(model.encode_image, task.eval_images, prep=normalize_images)
+text_emb = embed(model.encode_text, task.eval_tokens)
+local = runtime.save_embeddings(image_emb, text_emb)   # the supervisor scores these
+
+# ---------------------------------------------------------------------------------------------
+# metrics.json: informational facts of this fold's run (the score is the supervisor's)
+# ---------------------------------------------------------------------------------------------
+metrics = dict(
+    fold=task.fold,
+    num_folds=task.num_folds,
+    split=task.split,
+    steps=step,
+    max_steps=MAX_STEPS,
     stopped_by=stopped_by,
     schedule_by=schedule_by,
+    train_seconds=round(train_seconds, 3),
+    embed_seconds=round(time.time() - t_eval, 3),
+    loss=loss_f,
+    logit_scale=model.clip.logit_scale.exp().item(),
+    expert_variant=EXPERT_VARIANT,
+    expert_steps=expert_steps,
+    peak_memory_gb=round(runtime.peak_memory_gb(device), 4),
+    device=runtime.device_name(device),
+    seed=SEED,
+    fold_seed=FOLD_SEED,
+    preset=PRESET,
+    data_fingerprint=data.fingerprint,
     total_seconds=round(time.time() - _t_start, 3),
-    params=PARAMS,
     **runtime.versions(),
 )
-out = RUN_DIR / ("test_metrics.json" if EVAL_SPLIT == "test" else "metrics.json")
-runtime.write_json_atomic(out, metrics)
+runtime.write_json_atomic(RUN_DIR / "metrics.json", metrics)
 
 print("---")
-print(f"mean_rank:        {metrics['mean_rank']:.3f} +- {metrics['mean_rank_std']:.3f} "
-      f"(random {metrics['random_mean_rank']:.1f}, n_val {metrics['n_val']}, {len(fold_metrics)} fold(s))")
-print(f"i2t R@1/5/10:     {metrics['i2t_r1']:.3f} / {metrics['i2t_r5']:.3f} / {metrics['i2t_r10']:.3f}")
-print(f"t2i R@1/5/10:     {metrics['t2i_r1']:.3f} / {metrics['t2i_r5']:.3f} / {metrics['t2i_r10']:.3f}")
-if "twin_acc" in metrics:
-    print(f"twin_acc:         {metrics['twin_acc']:.3f} (chance 0.5)")
-print(f"steps:            {total_steps} (stopped by {stopped_by}; LR schedule by {schedule_by})")
+print(f"fold:             {task.fold + 1} of {task.num_folds} ({task.split}), eval pool {len(task.eval_tokens)}")
+print(f"steps:            {step} of {MAX_STEPS} (stopped by {stopped_by}; LR schedule by {schedule_by})")
+print(f"loss:             {loss_f:.4f} (logit scale {metrics['logit_scale']:.2f})")
 print(f"train_seconds:    {train_seconds:.1f}")
 print(f"total_seconds:    {metrics['total_seconds']:.1f}")
 print(f"peak_memory_gb:   {metrics['peak_memory_gb']:.3f}")
-print(f"wrote {out}")
+if local:
+    print(f"local mean_rank:  {local['mean_rank']:.3f} (random {local['random_mean_rank']:.1f}; standalone only)")
+print(f"wrote embeddings of {len(image_emb)} images and captions to {RUN_DIR}")
