@@ -330,6 +330,7 @@ def apply_seccomp(block_inet, deny_ipc=False, unix_broker=False):
 SECCOMP_IOCTL_NOTIF_RECV = 0xC0502100      # _IOWR('!', 0, struct seccomp_notif)       (80 bytes)
 SECCOMP_IOCTL_NOTIF_SEND = 0xC0182101      # _IOWR('!', 1, struct seccomp_notif_resp)  (24 bytes)
 SECCOMP_IOCTL_NOTIF_ID_VALID = 0x40082102  # _IOW('!', 2, __u64)
+RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -459,7 +460,7 @@ class ConnectBroker:
             if opath < 0:
                 e = -opath
                 if e in (errno.ELOOP, errno.EXDEV):
-                    self._deny(path[:200] + " (symlink)")
+                    self._deny(path[:200] + (" (symlink)" if e == errno.ELOOP else " (other mount)"))
                     return -1, errno.EPERM
                 return -1, e
             opened.append(opath)
@@ -475,14 +476,15 @@ class ConnectBroker:
         return 0, 0
 
     def _open_beneath(self, root, rel):
-        """O_PATH fd of root/rel, never following a symlink and never leaving root; -errno on failure."""
+        """O_PATH fd of root/rel, never following a symlink, never leaving root and never crossing a mount
+        point (under bwrap the read-only host binds sit inside the private /tmp); -errno on failure."""
         try:
             rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         except OSError as e:
             return -(e.errno or errno.ENOENT)
         try:
             how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC | os.O_NOFOLLOW, 0,
-                              RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS)
+                              RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS | RESOLVE_NO_XDEV)
             hbuf = ctypes.create_string_buffer(how, len(how))
             fd = _libc.syscall(ctypes.c_long(_nr()["openat2"]), ctypes.c_int(rootfd), os.fsencode(rel), hbuf,
                                ctypes.c_size_t(len(how)))

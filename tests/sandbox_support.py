@@ -182,3 +182,118 @@ def kill_marked(marker: str) -> None:
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+
+
+# ----------------------------------------------------------------------------- host IPC bait (escape suite)
+class HostIPC:
+    """SysV shared memory / message queue / semaphore set, a POSIX message queue and a /dev/shm file that a
+    host process (this test process) owns, each holding a marker, plus the names a probe may try to leave
+    behind. `refill()` before each probe, `evidence()` after: which of them the probe reached."""
+
+    IPC_CREAT, IPC_RMID, IPC_NOWAIT, IPC_STAT = 0o1000, 0, 0o4000, 2
+
+    def __init__(self, tag: str):
+        import ctypes
+        self.ct = ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.shmat.restype = ctypes.c_void_p
+        self.libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+        self.libc.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+        self.libc.mq_send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint]
+        self.libc.mq_receive.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
+        base = int(tag[:6], 16) << 4
+        self.keys = {"shm": base + 1, "msg": base + 2, "sem": base + 3, "left_shm": base + 4, "left_msg": base + 5}
+        self.markers = {k: f"PLANTED-{k.upper()}-{tag}" for k in ("shm", "msg", "mq", "devshm")}
+        self.mq_name = f"/sbx-host-{tag}"
+        self.mq_left = f"/sbx-left-{tag}"
+        self.devshm = f"/dev/shm/sbx-host-{tag}"
+        self.devshm_left = f"/dev/shm/sbx-left-{tag}"
+        self.shmid = self._check(self.libc.shmget(self.keys["shm"], 4096, self.IPC_CREAT | 0o666), "shmget")
+        self.msqid = self._check(self.libc.msgget(self.keys["msg"], self.IPC_CREAT | 0o666), "msgget")
+        self.semid = self._check(self.libc.semget(self.keys["sem"], 1, self.IPC_CREAT | 0o666), "semget")
+        self.shm = self.libc.shmat(self.shmid, None, 0)
+        self.mqd = self._check(self.libc.mq_open(self.mq_name.encode(), os.O_CREAT | os.O_RDWR | os.O_NONBLOCK,
+                                                 0o666, None), "mq_open")
+
+    def _check(self, rc, what):
+        if rc < 0:
+            e = self.ct.get_errno()
+            raise OSError(e, f"{what}: {os.strerror(e)}")
+        return rc
+
+    def env(self) -> dict:
+        return {"P_IPC": json.dumps({"keys": self.keys, "mq": self.mq_name, "mq_left": self.mq_left,
+                                     "devshm": self.devshm, "devshm_left": self.devshm_left})}
+
+    def refill(self) -> None:
+        m = self.markers
+        data = (m["shm"] + "\0").encode()
+        self.ct.memmove(self.shm, data, len(data))
+        self._drain_msg()
+        buf = self.ct.create_string_buffer(struct_pack_msg(m["msg"]))
+        self._check(self.libc.msgsnd(self.msqid, buf, len(m["msg"]), self.IPC_NOWAIT), "msgsnd")
+        self._drain_mq()
+        self._check(self.libc.mq_send(self.mqd, m["mq"].encode(), len(m["mq"]), 0), "mq_send")
+        Path(self.devshm).write_text(m["devshm"])
+        os.chmod(self.devshm, 0o666)
+
+    def _drain_msg(self) -> int:
+        n = 0
+        buf = self.ct.create_string_buffer(8 + 256)
+        while self.libc.msgrcv(self.msqid, buf, 256, 0, self.IPC_NOWAIT) >= 0:
+            n += 1
+        return n
+
+    def _drain_mq(self) -> int:
+        n = 0
+        buf = self.ct.create_string_buffer(8192)
+        while self.libc.mq_receive(self.mqd, buf, 8192, None) >= 0:
+            n += 1
+        return n
+
+    def evidence(self) -> dict:
+        """Host-side evidence, by check name: True = the probe got through."""
+        out = {}
+        m = self.markers
+        out["sysv_shm_write"] = self.ct.string_at(self.shm, len(m["shm"])) != m["shm"].encode()
+        out["sysv_msg_consume"] = self._drain_msg() == 0
+        out["posix_mq_consume"] = self._drain_mq() == 0
+        left = []
+        for k, fn in (("left_shm", self.libc.shmget), ("left_msg", self.libc.msgget)):
+            rc = fn(self.keys[k], 0, 0)
+            if rc >= 0:
+                left.append(k)
+                (self.libc.shmctl if k == "left_shm" else self.libc.msgctl)(rc, self.IPC_RMID, None)
+        out["ipc_left_sysv"] = bool(left)
+        q = self.libc.mq_open(self.mq_left.encode(), os.O_RDONLY, 0, None)
+        out["ipc_left_mq"] = q >= 0
+        if q >= 0:
+            os.close(q)
+            self.libc.mq_unlink(self.mq_left.encode())
+        out["devshm_left"] = os.path.exists(self.devshm_left)
+        if out["devshm_left"]:
+            os.unlink(self.devshm_left)
+        try:
+            out["devshm_write"] = Path(self.devshm).read_text() != m["devshm"]
+        except OSError:
+            out["devshm_write"] = True
+        return out
+
+    def close(self) -> None:
+        self.libc.shmdt(self.ct.c_void_p(self.shm))
+        self.libc.shmctl(self.shmid, self.IPC_RMID, None)
+        self.libc.msgctl(self.msqid, self.IPC_RMID, None)
+        self.libc.semctl(self.semid, 0, self.IPC_RMID)
+        os.close(self.mqd)
+        self.libc.mq_unlink(self.mq_name.encode())
+        for p in (self.devshm, self.devshm_left):
+            try:
+                os.unlink(p)
+            except OSError:
+                pass
+
+
+def struct_pack_msg(text: str) -> bytes:
+    """struct msgbuf {long mtype; char mtext[]}, mtype 1."""
+    import struct
+    return struct.pack("=q", 1) + text.encode()

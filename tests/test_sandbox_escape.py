@@ -82,6 +82,17 @@ class Listener:
         self._t = threading.Thread(target=self._loop, daemon=True)
         self._t.start()
 
+    def add_unix(self, path: str, kind=socket.SOCK_STREAM) -> str:
+        """Another host listener (stream) or receiver (datagram) at path; its contacts are recorded."""
+        u = socket.socket(socket.AF_UNIX, kind)
+        u.bind(path)
+        if not path.startswith("\0"):
+            os.chmod(path, 0o777)
+        if kind == socket.SOCK_STREAM:
+            u.listen(16)
+        self.socks.append(u)
+        return path
+
     def _loop(self):
         import select
         while not self._stop:
@@ -90,10 +101,11 @@ class Listener:
                 try:
                     if s.type == socket.SOCK_DGRAM:
                         data, _ = s.recvfrom(4096)
-                        self.hits.append(f"udp:{data[:40]!r}")
+                        kind = "udp" if s.family == socket.AF_INET else f"unixdgram:{s.getsockname()}"
+                        self.hits.append(f"{kind}:{data[:40]!r}")
                     else:
                         c, _ = s.accept()
-                        name = "tcp" if s.family == socket.AF_INET else f"unix:{s.getsockname()}"
+                        name = "tcp" if s.family == socket.AF_INET else f"unix:{s.getsockname()!r}"
                         self.hits.append(name)
                         try:
                             c.sendall(b"HOST-REACHED")
@@ -117,6 +129,13 @@ def listener():
     ln = Listener()
     yield ln
     ln.close()
+
+
+@pytest.fixture(scope="module")
+def ipc():
+    h = T.HostIPC(TAG)
+    yield h
+    h.close()
 
 
 # ----------------------------------------------------------------------------- the hostile probe
@@ -273,30 +292,161 @@ def capabilities():
     raise PermissionError("no effective capabilities, NoNewPrivs=1 (CapBnd=%x)" % bnd)
 attempt("capabilities", capabilities)
 
+# ---- host IPC that no file rule covers, and Unix sockets on visible host paths
+IPC = json.loads(E["P_IPC"])
+K = IPC["keys"]
+libc.shmat.restype = ctypes.c_void_p
+libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+libc.mq_open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_uint, ctypes.c_void_p]
+libc.mq_receive.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_void_p]
+libc.mq_send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint]
+
+def ck(rc, what):
+    if rc is None or rc < 0 or rc == ctypes.c_void_p(-1).value:
+        e = ctypes.get_errno()
+        raise OSError(e, "%s: %s" % (what, os.strerror(e)))
+    return rc
+
+def shm_read():
+    sid = ck(libc.shmget(K["shm"], 0, 0), "shmget")
+    addr = ck(libc.shmat(sid, None, 0o10000), "shmat")  # SHM_RDONLY
+    return ctypes.string_at(addr, 40)
+attempt("sysv_shm_read", shm_read)
+
+def shm_write():
+    sid = ck(libc.shmget(K["shm"], 0, 0), "shmget")
+    addr = ck(libc.shmat(sid, None, 0), "shmat")
+    ctypes.memmove(addr, b"PWNED\0", 6)
+    return "rewrote the host's segment"
+attempt("sysv_shm_write", shm_write)
+
+def shm_scan():  # without knowing a key: ids are listed in /proc/sysvipc/shm
+    ids = [int(l.split()[1]) for l in open("/proc/sysvipc/shm").read().splitlines()[1:] if l.split()]
+    for i in ids:
+        addr = libc.shmat(i, None, 0o10000)
+        if addr not in (None, ctypes.c_void_p(-1).value):
+            return "attached host segment id %d" % i
+    raise PermissionError("no segment attachable (%d listed)" % len(ids))
+attempt("sysv_shm_scan", shm_scan)
+
+def msg_consume():
+    q = ck(libc.msgget(K["msg"], 0), "msgget")
+    buf = ctypes.create_string_buffer(8 + 256)
+    n = ck(libc.msgrcv(q, buf, 256, 0, 0o4000), "msgrcv")  # IPC_NOWAIT
+    return buf.raw[8:8 + n]
+attempt("sysv_msg_consume", msg_consume)
+
+def sem_op():
+    sid = ck(libc.semget(K["sem"], 0, 0), "semget")
+    op = struct.pack("=HhH", 0, 1, 0o4000)  # sem_num, sem_op=+1, IPC_NOWAIT
+    ck(libc.semop(sid, ctypes.create_string_buffer(op, len(op)), 1), "semop")
+    return "changed the host's semaphore %d" % sid
+attempt("sysv_sem", sem_op)
+
+def left_sysv():
+    ck(libc.shmget(K["left_shm"], 4096, 0o1666), "shmget(IPC_CREAT)")
+    ck(libc.msgget(K["left_msg"], 0o1666), "msgget(IPC_CREAT)")
+    return "left a SysV segment and queue for the next run"
+attempt("ipc_left_sysv", left_sysv)
+
+def mq_consume():
+    q = ck(libc.mq_open(IPC["mq"].encode(), os.O_RDWR | os.O_NONBLOCK, 0, None), "mq_open")
+    buf = ctypes.create_string_buffer(8192)
+    n = ck(libc.mq_receive(q, buf, 8192, None), "mq_receive")
+    return buf.raw[:n]
+attempt("posix_mq_consume", mq_consume)
+
+def mq_left():
+    ck(libc.mq_open(IPC["mq_left"].encode(), os.O_CREAT | os.O_RDWR, 0o666, None), "mq_open(O_CREAT)")
+    return "left a POSIX message queue"
+attempt("ipc_left_mq", mq_left)
+
+attempt("devshm_read", reader(IPC["devshm"]))
+attempt("devshm_write", writer(IPC["devshm"]))
+attempt("devshm_left", writer(IPC["devshm_left"]))
+
+def inotify_hidden():
+    fd = ck(libc.inotify_init1(0), "inotify_init1")
+    wd = ck(libc.inotify_add_watch(fd, T["git_dir"].encode(), 0xFFF), "inotify_add_watch")
+    return "watching the hidden %s (wd %d)" % (T["git_dir"], wd)
+attempt("inotify_hidden", inotify_hidden)
+
+attempt("unix_readonly_path", unix(T["unix"]["ro"]))
+
+def unix_hardlink():
+    dst = os.path.join(E["AR_RUN_DIR"], "hl.sock")
+    os.link(T["unix"]["hl"], dst)
+    return unix(dst)()
+attempt("unix_hardlink", unix_hardlink)
+
+def unix_symlink():
+    dst = os.path.join(E["AR_RUN_DIR"], "sl.sock")
+    os.symlink(T["unix"]["sl"], dst)
+    return unix(dst)()
+attempt("unix_symlink", unix_symlink)
+
+def unix_dotdot():  # a relative address that climbs out of the run dir
+    here = os.getcwd()
+    os.chdir(E["AR_RUN_DIR"])
+    try:
+        return unix(os.path.relpath(T["unix"]["dd"], E["AR_RUN_DIR"]))()
+    finally:
+        os.chdir(here)
+attempt("unix_dotdot", unix_dotdot)
+
+def unix_dgram():
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.sendto(b"HOSTILE-DGRAM", T["unix"]["dgram"])
+    return "sent a datagram to a host socket"
+attempt("unix_dgram_send", unix_dgram)
+
+def unix_abstract():
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(2)
+    s.connect("\0" + T["unix"]["abstract"])
+    return s.recv(64)
+attempt("unix_abstract", unix_abstract)
+
 print("REPORT " + json.dumps(R), flush=True)
 '''
 
 WRITE_CHECKS = ["write_home", "write_dataset", "write_git", "write_harness", "write_etc", "write_tmp", "write_code"]
-CHECKS = (["tcp_localhost", "udp", "dns", "unix_tmp", "unix_run"] + WRITE_CHECKS
+UNIX_CHECKS = ["unix_tmp", "unix_run", "unix_readonly_path", "unix_hardlink", "unix_symlink", "unix_dotdot",
+               "unix_dgram_send", "unix_abstract"]
+IPC_CHECKS = ["sysv_shm_read", "sysv_shm_write", "sysv_shm_scan", "sysv_msg_consume", "sysv_sem", "ipc_left_sysv",
+              "posix_mq_consume", "ipc_left_mq", "devshm_read", "devshm_write", "devshm_left", "inotify_hidden"]
+CHECKS = (["tcp_localhost", "udp", "dns"] + UNIX_CHECKS + WRITE_CHECKS
           + ["modify_dataset", "read_ssh_key", "read_git_config", "read_hidden_db", "list_git_dir", "env_secret",
              "proc_environ", "remount_rw", "sysctl_write", "symlink_write_out", "symlink_left_for_host",
-             "hardlink_secret", "signal_supervisor", "capabilities"])
+             "hardlink_secret", "signal_supervisor", "capabilities"] + IPC_CHECKS)
 # Checks where only host-side evidence counts: the sandbox may give the child a private, throw-away
-# HOME and /tmp (bwrap tmpfs) or a private loopback (net namespace) where the write/send "succeeds".
-HOST_ONLY = {"udp", "write_home", "write_tmp", "symlink_left_for_host"}
-# Documented gaps of the Landlock tier (see sandbox/README.md): expected to fail there.
+# HOME and /tmp (bwrap tmpfs), a private loopback (net namespace) or a private IPC namespace / /dev/shm
+# where the write/send "succeeds".
+HOST_ONLY = {"udp", "write_home", "write_tmp", "symlink_left_for_host", "unix_dgram_send", "sysv_shm_write",
+             "sysv_msg_consume", "ipc_left_sysv", "posix_mq_consume", "ipc_left_mq", "devshm_write", "devshm_left"}
+# Documented gaps of the Landlock tier (see sandbox/README.md, backends.backend_gaps): expected to fail there.
 LANDLOCK_GAPS = {
-    "unix_tmp": "Landlock ABI < 8 cannot restrict connect() to pathname Unix sockets",
-    "unix_run": "Landlock ABI < 8 cannot restrict connect() to pathname Unix sockets",
     "write_code": "Landlock cannot make a read-only hole in the writable run dir (the code snapshot lives there)",
+    "devshm_read": "/dev/shm is the host's under Landlock (no mount namespace): POSIX shm is reachable by name",
+    "devshm_write": "/dev/shm is the host's under Landlock (no mount namespace): POSIX shm is reachable by name",
+    "devshm_left": "/dev/shm is the host's under Landlock (no mount namespace): files there outlive the run",
 }
 
 
-def _probe(tree: T.Tree, listener: Listener, backend: str, harmless: bool,
+def _probe(tree: T.Tree, listener: Listener, ipc: T.HostIPC, backend: str, harmless: bool,
            route: str = "sandbox") -> tuple[T.HostileRun, dict]:
     if route == "product":
         escape_via_product.prepare_workspace(tree, backend)
+    # host sockets on a path the run can see (the read-only dataset), one per way of reaching them
+    socks = {k: str(tree.data / f"{k}.sock") for k in ("ro", "hl", "sl", "dd")}
+    for path in socks.values():
+        listener.add_unix(path)
+    socks["dgram"] = listener.add_unix(str(tree.data / "dg.sock"), socket.SOCK_DGRAM)
+    socks["abstract"] = f"sbx-abstract-{TAG}-{hashlib.sha1(str(tree.base).encode()).hexdigest()[:8]}"
+    listener.add_unix("\0" + socks["abstract"])
+    ipc.refill()
     targets = {
+        "unix": socks,
         "write": {
             "write_home": str(tree.home / f"escape-{TAG}"),
             "write_dataset": str(tree.data / f"escape-{TAG}"),
@@ -316,7 +466,7 @@ def _probe(tree: T.Tree, listener: Listener, backend: str, harmless: bool,
     }
     env = {"PROBE_TARGETS": json.dumps(targets), "P_TCP": str(listener.tcp_port), "P_UDP": str(listener.udp_port),
            "P_UNIX_TMP": listener.unix.get("/tmp", "/nonexistent"), "P_UNIX_RUN": listener.unix.get("/run", "/nx"),
-           "P_SECRET_REVERSED": T.SECRET_MARKER[::-1], "P_HARMLESS": "1" if harmless else "0"}
+           "P_SECRET_REVERSED": T.SECRET_MARKER[::-1], "P_HARMLESS": "1" if harmless else "0", **ipc.env()}
     data_hash = hashlib.sha256((tree.data / "train.jsonl").read_bytes()).hexdigest()
     hits_before = len(listener.hits)
     # the supervisor's pid is only known once started: the probe reads it from a file the test writes
@@ -326,8 +476,17 @@ def _probe(tree: T.Tree, listener: Listener, backend: str, harmless: bool,
     host = {}  # check name -> escaped? (host-side evidence)
     host["tcp_localhost"] = "tcp" in hits
     host["udp"] = any(h.startswith("udp") for h in hits)
-    host["unix_tmp"] = any(h.startswith("unix") and "/tmp/" in h for h in hits)
-    host["unix_run"] = any(h.startswith("unix") and "/run/" in h for h in hits)
+    for check, base in (("unix_tmp", "/tmp"), ("unix_run", "/run")):
+        host[check] = base in listener.unix and any(h.startswith("unix") and listener.unix[base] in h for h in hits)
+    for check, key in (("unix_readonly_path", "ro"), ("unix_hardlink", "hl"), ("unix_symlink", "sl"),
+                       ("unix_dotdot", "dd"), ("unix_dgram_send", "dgram"), ("unix_abstract", "abstract")):
+        host[check] = any(h.startswith("unix") and socks[key] in h for h in hits)
+    host.update(ipc.evidence())
+    logs_ = run.stdout + run.stderr
+    host["sysv_shm_read"] = ipc.markers["shm"] in logs_
+    host["sysv_msg_consume"] = host["sysv_msg_consume"] or ipc.markers["msg"] in logs_
+    host["posix_mq_consume"] = host["posix_mq_consume"] or ipc.markers["mq"] in logs_
+    host["devshm_read"] = run.report.get("devshm_read", "").startswith("ESCAPED")
     for name, path in targets["write"].items():
         host[name] = os.path.exists(path)
     host["modify_dataset"] = hashlib.sha256((tree.data / "train.jsonl").read_bytes()).hexdigest() != data_hash
@@ -367,12 +526,12 @@ def _probe_params():
 
 
 @pytest.fixture(scope="module", params=_probe_params())
-def probe(request, tmp_path_factory, listener):
+def probe(request, tmp_path_factory, listener, ipc):
     name, route = request.param
     backend = _effective(name)
     tree = T.Tree.make(tmp_path_factory.mktemp(f"probe-{name}-{route}"))
     try:
-        run, host = _probe(tree, listener, backend, harmless=(backend == "none"), route=route)
+        run, host = _probe(tree, listener, ipc, backend, harmless=(backend == "none"), route=route)
     finally:
         _cleanup_host()
     yield name, run, host
@@ -408,20 +567,25 @@ def test_symlink_removed_and_reported(probe):
 
 # ----------------------------------------------------------------------------- negative control
 @pytest.mark.parametrize("route", ["sandbox", "product"])
-def test_negative_control_none_escapes(tmp_path, listener, route):
+def test_negative_control_none_escapes(tmp_path, listener, ipc, route):
     """With isolation off (backend 'none') the same probe DOES get out: the suite can fail."""
     tree = T.Tree.make(tmp_path / "neg")
     try:
-        run, host = _probe(tree, listener, "none", harmless=True, route=route)
+        run, host = _probe(tree, listener, ipc, "none", harmless=True, route=route)
     finally:
         _cleanup_host()
     assert run.result and run.result["status"] == "exited", (run.result, run.driver_stderr[-2000:])
     assert "NOT ISOLATED" in " ".join(run.result["warnings"])
     must_escape = ["tcp_localhost", "udp", "unix_tmp", "write_home", "write_dataset", "write_git", "write_harness",
-                   "write_tmp", "modify_dataset", "read_ssh_key", "read_git_config", "proc_environ"]
+                   "write_tmp", "modify_dataset", "read_ssh_key", "read_git_config", "proc_environ",
+                   "unix_readonly_path", "unix_symlink", "unix_dotdot", "unix_dgram_send", "unix_abstract",
+                   "sysv_shm_read", "sysv_shm_write", "sysv_msg_consume", "ipc_left_sysv", "posix_mq_consume",
+                   "ipc_left_mq", "devshm_read", "devshm_left"]
     if os.getuid() == 0:
         must_escape.append("write_etc")
     not_escaped = [c for c in must_escape if not host.get(c)]
+    not_escaped += [c for c in ("inotify_hidden", "sysv_sem", "sysv_shm_scan")
+                    if not run.report.get(c, "").startswith("ESCAPED")]
     assert not not_escaped, f"negative control did not escape on {not_escaped}: {run.report}"
     # the clean environment still holds without isolation
     assert not host["env_secret"]
