@@ -1,15 +1,23 @@
-"""model/eclip.py: towers from config, trimmed text encoder, logit-scale clamp, the expert blocks."""
+"""model/eclip.py: towers from config, trimmed text encoder, initial logit scale, the expert blocks."""
 import math
 
 import pytest
 import torch
 
-from model.eclip import (ClipConfig, PixelExpert, SeedHeatmapProcessor, build_clip, clamp_logit_scale_, clip_loss,
-                         encode_image, encode_text, pixel_expert_schedule, sample_region, token_pool)
+from model.eclip import (ClipConfig, PixelExpert, SeedHeatmapProcessor, build_clip, encode_image, encode_text,
+                         pixel_expert_schedule, sample_region, token_pool)
 from model.heatmaps import box_heatmaps, patch_coverage
 
 CFG = ClipConfig(embed_dim=32, image_size=32, patch_size=8, vision_width=64, vision_layers=1, vision_head_width=32,
                  context_length=24, text_width=64, text_heads=2, text_layers=1)
+
+
+def clip_loss(img, txt, scale):
+    """The template's contrastive loss (it lives in train.py now)."""
+    img, txt = torch.nn.functional.normalize(img, dim=-1), torch.nn.functional.normalize(txt, dim=-1)
+    logits = scale * img @ txt.T
+    labels = torch.arange(img.shape[0])
+    return (torch.nn.functional.cross_entropy(logits, labels) + torch.nn.functional.cross_entropy(logits.T, labels)) / 2
 
 
 @pytest.fixture(scope="module")
@@ -46,21 +54,11 @@ def test_trimmed_text_encoder_equals_open_clip(clip):
     assert toks.shape == (2, CFG.grid ** 2, CFG.vision_width) and clip.visual.output_tokens is False
 
 
-def test_logit_scale_clamp_at_ln100_and_the_seed_bug():
+def test_initial_logit_scale_is_clips():
     m = build_clip(CFG, log=lambda *a: None)
     assert m.logit_scale.exp().item() == pytest.approx(1 / 0.07, rel=1e-5)
-    with torch.no_grad():
-        m.logit_scale.fill_(10.0)
-    clamp_logit_scale_(m)
-    assert m.logit_scale.item() == pytest.approx(math.log(100))
-    with torch.no_grad():
-        m.logit_scale.fill_(-3.0)
-    clamp_logit_scale_(m)
-    assert m.logit_scale.item() == 0.0
-    with torch.no_grad():
-        m.logit_scale.fill_(math.log(1 / 0.07))
-    clamp_logit_scale_(m, 2.0)                    # replay: the seed's cap pins the scale at 2 from step 0
-    assert m.logit_scale.exp().item() == pytest.approx(2.0)
+    m = build_clip(ClipConfig(**{**CFG.__dict__, "init_logit_scale": math.log(30.0)}), log=lambda *a: None)
+    assert m.logit_scale.exp().item() == pytest.approx(30.0, rel=1e-5)
 
 
 def test_build_logs_from_scratch_and_loads_local_weights(tmp_path):

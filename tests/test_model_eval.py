@@ -1,4 +1,5 @@
-"""model/eval.py: the frozen retrieval protocol against a brute-force reference (ties included)."""
+"""model/eval.py (the numpy protocol of model.scoring): the frozen retrieval protocol against a brute-force
+reference (ties included)."""
 import numpy as np
 import pytest
 import torch
