@@ -1,5 +1,5 @@
 """The `autoresearch` command line: init, demo, serve, run, results, show, revert, note, doctor, and (server/
-integrity_cli.py) evaluate-test, rerun, reproduce, suggest, plot, export, integrity."""
+cli_research.py) evaluate-test, rerun, reproduce, suggest, plot, export, integrity. Rendering: server/render.py."""
 
 from __future__ import annotations
 
@@ -11,82 +11,22 @@ import tempfile
 import time
 from pathlib import Path
 
+from sandbox import doctor_report
+
+from server import app, cli_research
+from server.render import ProgressBar, print_results, print_summary, print_table
+from tools import clients, reruns, runs
+from tools import experiments as ex
 from tools.errors import ToolError
+from tools.init import available_presets, init_workspace
+from tools.lab import Lab
 
 
 def _lab(args):
-    from tools.lab import Lab
     return Lab.open(Path(args.workspace))
 
 
-# -- rendering -----------------------------------------------------------------------------
-def _fmt(v, nd=4):
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.{nd}g}"
-    return str(v)
-
-
-def print_table(headers: list[str], rows: list[list], out=sys.stdout) -> None:
-    cells = [[_fmt(c) for c in r] for r in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    print(line, file=out)
-    print("  ".join("-" * w for w in widths), file=out)
-    for r in cells:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)), file=out)
-
-
-class ProgressBar:
-    """One live line: step, loss, elapsed and ETA against the time budget."""
-
-    def __init__(self, budget_s: float, out=sys.stderr):
-        self.budget, self.out, self.tty = budget_s, out, out.isatty()
-        self.last_print = 0.0
-
-    def __call__(self, s) -> None:
-        elapsed = s.duration_s or 0.0
-        frac = min(1.0, elapsed / self.budget) if self.budget else 0.0
-        bar = "#" * int(frac * 24)
-        eta = max(0.0, self.budget - elapsed)
-        text = (f"[{bar:<24}] exp {s.id} {s.status:<9} step {_fmt(s.step)}  loss {_fmt(s.loss)}  "
-                f"{elapsed:5.0f}s / {self.budget:.0f}s  eta {eta:4.0f}s")
-        if self.tty:
-            print("\r" + text, end="", file=self.out, flush=True)
-        elif time.monotonic() - self.last_print >= 10:
-            print(text, file=self.out, flush=True)
-            self.last_print = time.monotonic()
-
-    def done(self) -> None:
-        if self.tty:
-            print(file=self.out)
-
-
-def print_summary(s) -> None:
-    print(f"experiment {s.id}: {s.status}" + (f", verdict {s.verdict}" if s.verdict else ""))
-    if s.objective is not None:
-        std = f" +- {s.objective_std:.4g}" if s.objective_std else ""
-        delta = f" (delta vs best {s.delta_vs_best:+.4g})" if s.delta_vs_best is not None else ""
-        print(f"  objective {s.objective:.4g}{std}{delta}, {s.duration_s}s, sandbox {s.sandbox}")
-    if s.verdict_reason:
-        print(f"  {s.verdict_reason}")
-    if s.error:
-        print("  error: " + s.error.replace("\n", "\n  "))
-    if s.next:
-        print(f"  next: {s.next}")
-
-
-def print_results(table) -> None:
-    print(f"{table.total} experiments; objective {table.objective} ({table.direction}); best {_fmt(table.best_id)}")
-    print_table(["id", "status", "verdict", "objective", "std", "delta", "kept", "secs", "description"],
-                [[r.id, r.status, r.verdict, r.objective, r.objective_std, r.delta, "*" if r.kept else "",
-                  r.duration_s, r.description[:60]] for r in table.rows])
-
-
-# -- commands ------------------------------------------------------------------------------
 def cmd_init(args) -> int:
-    from tools.init import init_workspace
     root = init_workspace(Path(args.dir), preset=args.preset, data=args.data, time_budget_s=args.time_budget,
                           client_names=args.client, force=args.force, synthetic=args.synthetic)
     print(f"workspace ready: {root}\n  next: cd {root} && claude   (or: autoresearch run -w {root} -m 'baseline')")
@@ -94,7 +34,6 @@ def cmd_init(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from tools import experiments as ex
     lab = _lab(args)
     params = json.loads(args.params) if args.params else None
     exp_id = ex.submit_experiment(lab, args.message, args.hypothesis, args.time_budget, params)
@@ -106,9 +45,6 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from tools import experiments as ex
-    from tools.init import init_workspace
-    from tools.lab import Lab
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="autoresearch-demo-"))
     print(f"making a workspace in {root} (preset {args.preset}) ...", flush=True)
     init_workspace(root, preset=args.preset, time_budget_s=args.time_budget, force=args.dir is not None)
@@ -119,12 +55,11 @@ def cmd_demo(args) -> int:
     bar.done()
     print_summary(s)
     if args.repeats and s.status == "succeeded":  # measure the noise: seed reruns of the baseline
-        from tools import noise
-        _, ids = noise.submit_reruns(lab, exp_id, args.repeats)
+        _, ids = reruns.submit_reruns(lab, exp_id, args.repeats)
         for i in ids:
             ex.wait_for(lab, i, on_progress=bar)
         bar.done()
-        g = noise.group_summary(lab, exp_id, ids)
+        g = reruns.group_summary(lab, exp_id, ids)
         print(f"baseline noise from {g.n} seeds: mean {g.mean:.4g}, seed std {g.seed_std or 0:.3g}, "
               f"fold std {g.fold_std or 0:.3g}, std of the mean {g.std_of_mean:.3g}")
     print()
@@ -134,7 +69,6 @@ def cmd_demo(args) -> int:
 
 
 def cmd_results(args) -> int:
-    from tools import experiments as ex
     table = ex.read_results(_lab(args), args.limit, args.status, args.order_by, False)
     if args.json:
         print(table.model_dump_json(indent=1))
@@ -144,13 +78,11 @@ def cmd_results(args) -> int:
 
 
 def cmd_show(args) -> int:
-    from tools import experiments as ex
     print(ex.show_experiment(_lab(args), args.id).model_dump_json(indent=1))
     return 0
 
 
 def cmd_revert(args) -> int:
-    from tools import experiments as ex
     target = "best" if args.target == "best" else int(args.target)
     r = ex.revert(_lab(args), target)
     print(f"restored {', '.join(r.restored) or 'nothing (already equal)'} from experiment {r.experiment_id} "
@@ -159,14 +91,12 @@ def cmd_revert(args) -> int:
 
 
 def cmd_note(args) -> int:
-    from tools import experiments as ex
     n = ex.write_note(_lab(args), args.text, args.experiment, args.tag or [])
     print(f"note {n.id} saved")
     return 0
 
 
 def cmd_notes(args) -> int:
-    from tools import experiments as ex
     page = ex.read_notes(_lab(args), args.limit, args.tag, args.query)
     for n in page.notes:
         exp = f" exp {n.experiment_id}" if n.experiment_id else ""
@@ -176,7 +106,6 @@ def cmd_notes(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    from tools import runs
     print(runs.request_cancel(_lab(args), args.id))
     return 0
 
@@ -191,7 +120,6 @@ def cmd_audit(args) -> int:
 
 
 def cmd_doctor(args) -> int:
-    from sandbox import doctor_report
     report = doctor_report()
     if args.json:
         print(json.dumps(report, indent=1, default=str))
@@ -211,7 +139,6 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_clients(args) -> int:
-    from tools import clients
     lab = _lab(args)
     kw = dict(max_call_s=clients.call_timeout_s(lab.config.time_budget_s), editable=lab.config.editable)
     names = args.client or ["all"]
@@ -225,8 +152,7 @@ def cmd_clients(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from server.app import serve
-    serve(Path(args.workspace))
+    app.serve(Path(args.workspace))
     return 0
 
 
@@ -238,7 +164,6 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("-w", "--workspace", default=os.getcwd(), help="workspace folder (default: current)")
         return sp
 
-    from tools.init import available_presets
     presets = available_presets()
     sp = sub.add_parser("init", help="make a workspace")
     sp.add_argument("dir", nargs="?", default=".")
@@ -317,8 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_doctor)
 
-    from server.integrity_cli import add_commands  # evaluate-test, rerun, reproduce, suggest, plot, export, integrity
-    add_commands(sub, ws)
+    cli_research.add_commands(sub, ws)
     return p
 
 

@@ -130,10 +130,10 @@ def test_agent_runs_see_neither_test_annotations_nor_test_images(eclip_lab):
 
 def test_the_human_test_evaluation_reads_the_held_out_images(eclip_lab):
     """evaluate_test opens heldout/ (annotations and images) for that one run of the real template."""
-    from tools import integrity
+    from tools import testeval
     lab = eclip_lab
     r = ex.run_experiment(lab, "smoke for the test look", params=SMOKE)
     assert r.status == "succeeded", r.error
-    ev = integrity.evaluate_test(lab, r.id)
+    ev = testeval.evaluate_test(lab, r.id)
     assert ev.status == "succeeded", ev.error
     assert ev.metrics["n_val"] == 128 and ev.metrics["random_mean_rank"] == 63.5  # the 128 test prints

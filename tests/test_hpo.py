@@ -94,10 +94,10 @@ def test_unused_suggestions_are_abandoned_and_in_flight_agent_runs_are_enqueued(
 
 
 def test_seed_reruns_and_reproductions_are_not_trials(lab):
-    from tools import noise, reproduce
+    from tools import reproduce, reruns
     base = ex.run_experiment(lab, "baseline")
     hpo.suggest(lab, 1)
-    _, ids = noise.submit_reruns(lab, base.id, 1)
+    _, ids = reruns.submit_reruns(lab, base.id, 1)
     rep = reproduce.submit_reproduction(lab, base.id)
     for i in [*ids, rep]:
         ex.wait_for(lab, i, timeout_s=120)

@@ -14,7 +14,7 @@ from mcp import Client
 from server import app
 from server.cli import main as cli
 from tools import experiments as ex
-from tools import integrity, noise, plots, reproduce
+from tools import launch, plots, reproduce, reruns, testeval
 from tools.errors import ToolError
 from tools.lab import Lab, harness_dir
 
@@ -31,13 +31,13 @@ def _set_lr(lab, lr: str) -> None:
 def _group_done(lab, root, ids):
     for i in ids:
         assert ex.wait_for(lab, i, timeout_s=120).status == "succeeded"
-    return noise.group_summary(lab, root, ids)
+    return reruns.group_summary(lab, root, ids)
 
 
 # -- 1. noise ------------------------------------------------------------------------------------
 def _baseline_group(lab):
     base = ex.run_experiment(lab, "baseline")
-    root, ids = noise.submit_reruns(lab, base.id, 2)
+    root, ids = reruns.submit_reruns(lab, base.id, 2)
     return base, _group_done(lab, root, ids)
 
 
@@ -70,7 +70,7 @@ def test_seed_reruns_turn_a_small_real_gain_from_inconclusive_into_improved(lab)
     _set_lr(lab, "0.2")  # ~0.035 better: inside one run's margin, outside a 3-seed group's
     mid = ex.run_experiment(lab, "LR 0.1 -> 0.2")
     assert mid.verdict == "inconclusive", mid.verdict_reason
-    root, ids = noise.submit_reruns(lab, mid.id, 2)
+    root, ids = reruns.submit_reruns(lab, mid.id, 2)
     g = _group_done(lab, root, ids)
     assert g.verdict == "improved" and g.kept_id in ids, g.verdict_reason
     kept = lab.store.get_experiment(g.kept_id)  # the first group that cleared the margin is kept ...
@@ -84,10 +84,16 @@ def test_seed_reruns_turn_a_small_real_gain_from_inconclusive_into_improved(lab)
 def test_rerun_runs_the_snapshot_not_the_current_files(lab):
     base = ex.run_experiment(lab, "baseline")
     _set_lr(lab, "2.0")  # uncommitted edit: a rerun must not pick it up
-    _, ids = noise.submit_reruns(lab, base.id, 1)
+    _, ids = reruns.submit_reruns(lab, base.id, 1)
     r = ex.wait_for(lab, ids[0], timeout_s=120)
     row = lab.store.get_experiment(ids[0])
-    assert row["snapshot_commit"] == lab.store.get_experiment(base.id)["snapshot_commit"]
+    # the rerun's snapshot is the base's snapshot with its SEED written in: the code that ran
+    base_commit_ = lab.store.get_experiment(base.id)["snapshot_commit"]
+    assert lab.workspace.git("rev-parse", row["snapshot_commit"] + "^").strip() == base_commit_
+    changed = [line for line in lab.workspace.git("diff", "-U0", base_commit_, row["snapshot_commit"]).splitlines()
+               if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+    assert changed == ["-SEED = 0            # changes the initialisation and the data order, not the data",
+                       "+SEED = 1            # changes the initialisation and the data order, not the data"], changed
     assert row["rerun_of"] == base.id and row["rerun_kind"] == "seed"
     assert json.loads(row["params_json"]) == {"SEED": 1}
     assert abs(r.objective - base.objective) < 0.005  # LR 2.0 would give ~0.19
@@ -97,17 +103,17 @@ def test_rerun_runs_the_snapshot_not_the_current_files(lab):
 
 def test_rerun_refuses_bad_input_naming_the_field(lab):
     with pytest.raises(ToolError, match="experiment_id=99 does not exist"):
-        noise.submit_reruns(lab, 99, 2)
+        reruns.submit_reruns(lab, 99, 2)
     base = ex.run_experiment(lab, "baseline")
     for bad in (0, 11, True, "2"):
         with pytest.raises(ToolError, match=r"seeds=.*Fix: pass an integer from 1 to 10"):
-            noise.submit_reruns(lab, base.id, bad)
+            reruns.submit_reruns(lab, base.id, bad)
     train = lab.root / "train.py"
     train.write_text(train.read_text().replace("SEED = 0", "RANDOM_STATE = 0").replace("SEED", "RANDOM_STATE"))
     noseed = ex.run_experiment(lab, "no SEED constant")
     assert noseed.status == "succeeded"
     with pytest.raises(ToolError, match="no integer SEED constant"):
-        noise.submit_reruns(lab, noseed.id, 1)
+        reruns.submit_reruns(lab, noseed.id, 1)
     assert lab.store.count_experiments() == 2
 
 
@@ -122,7 +128,7 @@ def test_reproduce_on_cpu_is_bit_identical_and_provenance_is_recorded(lab):
     row = lab.store.get_experiment(new_id)
     assert row["rerun_kind"] == "reproduce" and not row["kept"] and row["verdict"] is None
     assert "reproduction of #1" in row["verdict_reason"]
-    assert noise.group_summary(lab, base.id).n == 1  # a same-seed reproduction never joins the seed group
+    assert reruns.group_summary(lab, base.id).n == 1  # a same-seed reproduction never joins the seed group
     config = json.loads(lab.store.get_experiment(base.id)["config_json"])
     prov = config["provenance"]
     assert prov["commit"] == base_commit(lab, base.id)
@@ -186,7 +192,7 @@ def test_reading_the_test_split_or_writing_the_harness_fails_and_is_recorded(hel
     peek = ex.run_experiment(lab, "peek at the test split")
     assert peek.status == "failed" and "TEST-ANNOTATION-CANARY" not in (peek.error or "")
     assert "integrity: tried to read the held-out test split" in peek.error
-    ev = integrity.events(lab, peek.id)
+    ev = lab.store.integrity_events(peek.id)
     assert [e["kind"] for e in ev] == ["test_split_access"] and "heldout" in ev[0]["path"]
     assert "TEST-ANNOTATION-CANARY" not in (lab.run_dir(peek.id) / "stdout.log").read_text()
 
@@ -198,7 +204,7 @@ def test_reading_the_test_split_or_writing_the_harness_fails_and_is_recorded(hel
     finally:
         target.unlink(missing_ok=True)
     assert hack.status == "failed" and "write the frozen harness" in hack.error
-    assert [e["kind"] for e in integrity.events(lab, hack.id)] == ["harness_write"]
+    assert [e["kind"] for e in lab.store.integrity_events(hack.id)] == ["harness_write"]
     # the table is append-only, like the audit log
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         with lab.store.transaction() as conn:
@@ -226,7 +232,7 @@ async def test_evaluate_test_is_human_only_recorded_apart_and_never_returned(hel
     ws = str(lab.root)
     assert cli(["evaluate-test", str(base.id), "-w", ws]) == 0
     assert f"{TEST_MARKER:.6g}" in capsys.readouterr().out  # the human sees it
-    rows = integrity.test_evaluations(lab)
+    rows = lab.store.test_evaluations()
     assert len(rows) == 1 and rows[0]["status"] == "succeeded" and rows[0]["objective"] == TEST_MARKER
     assert rows[0]["requested_by"] == "cli" and rows[0]["snapshot_commit"] == base_commit(lab, base.id)
     assert json.loads(rows[0]["metrics_json"])["n_test"] == 3
@@ -271,10 +277,9 @@ async def test_evaluate_test_is_human_only_recorded_apart_and_never_returned(hel
 
 
 def test_agent_runs_cannot_see_test_runs_or_the_heldout_folder(heldout_lab):
-    from tools import runs
     lab = heldout_lab
     exp = {"id": 1, "time_budget_s": 10, "params_json": "{}"}
-    policy = runs.sandbox_policy(lab, exp, lab.run_dir(1), lab.run_dir(1) / "code")
+    policy = launch.sandbox_policy(lab, exp, lab.run_dir(1), lab.run_dir(1) / "code")
     hidden = {str(h) for h in policy.hidden}
     assert str(lab.root / "data" / "heldout") in hidden and str(lab.state_dir / "test_runs") in hidden
     assert policy.env["AR_EVAL_SPLIT"] == "val" and "AR_TEST_ANNOTATIONS" not in policy.env
@@ -282,10 +287,10 @@ def test_agent_runs_cannot_see_test_runs_or_the_heldout_folder(heldout_lab):
 
 def test_evaluate_test_refusals_name_the_fix(lab):
     with pytest.raises(ToolError, match="experiment_id=5 does not exist"):
-        integrity.evaluate_test(lab, 5)
+        testeval.evaluate_test(lab, 5)
     base = ex.run_experiment(lab, "baseline")
     with pytest.raises(ToolError, match="test_annotations in autoresearch.toml is unset|`test_annotations`"):
-        integrity.evaluate_test(lab, base.id)
+        testeval.evaluate_test(lab, base.id)
 
 
 # -- 6. plot and export ----------------------------------------------------------------------------
@@ -334,6 +339,6 @@ def test_demo_measures_the_baseline_noise_with_repeats(tmp_path, capsys):
     try:
         row = lab.store.get_experiment(1)
         assert row["kept"] and row["group_n"] == 3 and row["group_std"] > 0
-        assert noise.group_summary(lab, 1).next.startswith("the best's noise is measured")
+        assert reruns.group_summary(lab, 1).next.startswith("the best's noise is measured")
     finally:
         lab.close()

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import processes_with_marker, wait_until
 from tools import experiments as ex
-from tools import runs
+from tools import rundir, runs
 from tools.errors import ToolError
 
 
@@ -151,11 +151,11 @@ def test_run_dir_symlinks_are_not_followed(lab, tmp_path):
     link = lab.run_dir(s.id) / "planted-link"
     link.symlink_to(secret)
     with pytest.raises(OSError):
-        runs.open_run_file(link)
-    assert runs.log_tail(lab.run_dir(s.id)) is not None
+        rundir.open_run_file(link)
+    assert rundir.log_tail(lab.run_dir(s.id)) is not None
     (lab.run_dir(s.id) / "stderr.log").unlink(missing_ok=True)
     (lab.run_dir(s.id) / "stderr.log").symlink_to(secret)
-    assert "HOST-SECRET" not in runs.log_tail(lab.run_dir(s.id))
+    assert "HOST-SECRET" not in rundir.log_tail(lab.run_dir(s.id))
 
 
 def test_params_are_baked_into_the_snapshot_so_revert_restores_them(lab):

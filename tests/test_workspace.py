@@ -1,3 +1,4 @@
+import pytest
 import subprocess
 
 from tools.workspace import BEST_REF, Workspace
@@ -37,10 +38,27 @@ def test_restore_makes_bytes_equal_and_touches_nothing_else(toy_ws):
     assert ws.ref(BEST_REF) == first
 
 
-def test_apply_constants_rewrites_single_top_level_lines():
-    from tools.workspace import apply_constants
+def test_rewrite_constants_rewrites_single_top_level_lines():
+    from model.constants import ConstantError, rewrite_constants
     text = "LR = 1e-3   # peak\nSTEPS=10\nX = 1\nX = 2\n    LR = 5\nNAME = 'a'\n"
-    out, left = apply_constants(text, {"LR": 0.5, "STEPS": 20, "X": 3, "MISSING": 1, "NAME": "b"})
-    assert "LR = 0.5   # peak\n" in out and "STEPS = 20\n" in out and "NAME = 'b'\n" in out
+    out = rewrite_constants(text, {"LR": 0.5, "STEPS": 20, "NAME": "b"})
+    assert "LR = 0.5    # peak\n" in out  # the comment keeps its column and "STEPS = 20\n" in out and 'NAME = "b"\n' in out
     assert "    LR = 5" in out  # indented lines are not top-level constants
-    assert left == {"X": 3, "MISSING": 1}  # ambiguous or absent: left to AR_PARAMS
+    for ambiguous_or_absent in ({"X": 3}, {"MISSING": 1}):  # never silently left to the environment
+        with pytest.raises(ConstantError, match=next(iter(ambiguous_or_absent))):
+            rewrite_constants(text, ambiguous_or_absent)
+
+
+def test_params_are_checked_against_the_constants_before_anything_is_made():
+    from tools.errors import ToolError
+    from tools.params import bake
+    text = "LR = 1e-3\nBATCH_SIZE = 64\nAMP = True\nNAME = 'a'\n"
+    assert "LR = 0.0001" in bake(text, {"LR": 1e-4}, "train.py")
+    assert "LR = 2.0" in bake(text, {"LR": 2}, "train.py")  # an int is a fine float
+    for params, words in [({"LR": "fast"}, ["LR", "float", '{"LR": 0.001}']),
+                          ({"BATCH_SIZE": 32.5}, ["BATCH_SIZE", "int", '{"BATCH_SIZE": 64}']),
+                          ({"AMP": 1}, ["AMP", "bool"]), ({"LR": float("nan")}, ["LR", "finite"]),
+                          ({"NOT_THERE": 1}, ["NOT_THERE", "no top-level constant", "BATCH_SIZE"])]:
+        with pytest.raises(ToolError) as err:
+            bake(text, params, "train.py")
+        assert all(w in str(err.value) for w in words), (params, str(err.value))

@@ -5,6 +5,7 @@ A bad file is refused with the field, the value and the fix; nothing runs on a h
 
 from __future__ import annotations
 
+import glob
 import re
 import tomllib
 from pathlib import Path
@@ -106,8 +107,6 @@ class WorkspaceConfig(BaseModel):
 
 def detect_gpus() -> list[int]:
     """GPU indices from the device nodes (no torch, no nvidia-smi needed)."""
-    import glob
-    import re
     found = (re.fullmatch(r"/dev/nvidia(\d+)", p) for p in glob.glob("/dev/nvidia*"))
     return sorted(int(m.group(1)) for m in found if m)
 

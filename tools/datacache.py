@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from model.presets import CACHE_SIZE_BOUNDS, template_constants  # torch-free
+from model.constants import parse_constants
+from model.odvg import ODVGError, resolve_dataset  # torch-free
+from model.presets import CACHE_SIZE_BOUNDS
 from tools.lab import Lab
 
 CACHE_SUBDIR = "cache"
@@ -38,7 +40,7 @@ def requested_sizes(train_py: Path) -> tuple[int, int] | None:
     try:
         if train_py.stat().st_size > MAX_TRAIN_PY_BYTES:
             return None
-        constants = template_constants(train_py.read_bytes().decode(), drop_reassigned=True)
+        constants = parse_constants(train_py.read_bytes().decode(), drop_reassigned=True)
     except (OSError, SyntaxError, ValueError):  # ValueError covers a bad encoding and NUL bytes
         return None
     sizes = []
@@ -52,7 +54,6 @@ def requested_sizes(train_py: Path) -> tuple[int, int] | None:
 
 def _signature(data: Path) -> dict | None:
     """What the cache depends on, cheaply: the train/val annotation files' size and mtime."""
-    from model.odvg import ODVGError, resolve_dataset  # torch-free
     try:
         layout = resolve_dataset(data)
         stats = {f: f.stat() for f in (layout.train, layout.val)}

@@ -7,38 +7,27 @@ import time
 from datetime import datetime, timezone
 from typing import Callable
 
-from pydantic import TypeAdapter, ValidationError
-
 from tools import runs
 from tools.errors import ToolError
 from tools.lab import Lab
+from tools.rundir import latest_progress, log_tail, read_cache_status
+from tools.store import TERMINAL
 from tools.schemas import (Description, ExperimentDetail, ExperimentId, Hypothesis, Limit, NoteOut, NotesPage,
                            NoteText, Params, ResultRow, ResultsTable, RevertResult, RevertTarget, RunSummary,
-                           Status, Tag, Tags, TimeBudget)
+                           Status, Tag, Tags, TimeBudget, validate)
 
-TERMINAL = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
 ProgressFn = Callable[[RunSummary], None]
-
-
-def validate(name: str, type_, value):
-    """Validate one argument; a refusal names the field, the problem and the fix."""
-    try:
-        return TypeAdapter(type_).validate_python(value)
-    except ValidationError as exc:
-        msgs = "; ".join(e["msg"] for e in exc.errors())
-        raise ToolError(f"invalid {name}={value!r}: {msgs}. Fix: pass a valid {name} (see the tool's schema).") from None
 
 
 # -- run -----------------------------------------------------------------------------------
 def submit_experiment(lab: Lab, description: str, hypothesis: str | None = None,
-                      time_budget_s: float | None = None, params: dict | None = None,
-                      seed: int | None = None) -> int:
+                      time_budget_s: float | None = None, params: dict | None = None) -> int:
     description = validate("description", Description, description)
     hypothesis = validate("hypothesis", Hypothesis, hypothesis)
     time_budget_s = validate("time_budget_s", TimeBudget, time_budget_s)
     params = validate("params", Params, params)
     return runs.submit(lab, description=description.strip(), hypothesis=hypothesis, time_budget_s=time_budget_s,
-                       params=params, seed=seed)
+                       params=params)
 
 
 def run_experiment(lab: Lab, description: str, hypothesis: str | None = None, time_budget_s: float | None = None,
@@ -72,7 +61,7 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
                      peak_memory_gb=exp["peak_memory_gb"], sandbox=exp["sandbox_backend"],
                      verdict_reason=exp["verdict_reason"])
     if exp["status"] == "running" and exp["run_dir"]:
-        p = runs.latest_progress(lab.run_dir(exp_id))
+        p = latest_progress(lab.run_dir(exp_id))
         out.step, out.loss = p.step, p.loss
         out.duration_s = _round(p.elapsed if p.elapsed is not None else time.time() - (exp["started_at"] or time.time()))
     if exp["status"] in ("failed", "timeout", "interrupted", "cancelled"):
@@ -90,7 +79,7 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
 
 def _cache_phase(run_dir) -> str | None:
     """'building the data cache ...' while the supervisor prepares one (tools/datacache.py)."""
-    text = runs.read_cache_status(run_dir)
+    text = read_cache_status(run_dir)
     return text if text and text.startswith("building the data cache") else None
 
 
@@ -128,7 +117,7 @@ def read_results(lab: Lab, limit: int = 20, status: str | None = None, order_by:
                              objective_std=r["objective_std"], delta=r["delta"], kept=bool(r["kept"]),
                              duration_s=_round(r["duration_s"]), description=_clip(r["description"], 120),
                              metrics=metrics))
-    best = lab.store.best_experiment(cfg.direction)
+    best = lab.store.best_experiment()
     return ResultsTable(total=lab.store.count_experiments(status), best_id=best["id"] if best else None,
                         objective=cfg.objective, direction=cfg.direction, rows=out)
 
@@ -158,14 +147,14 @@ def show_experiment(lab: Lab, experiment_id: int) -> ExperimentDetail:
         delta=exp["delta"], kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),
         peak_memory_gb=exp["peak_memory_gb"], sandbox=exp["sandbox_backend"], config=config, metrics=metrics,
         fold_metrics=[folds[k] for k in sorted(folds)], loss_curve=curve, diff=diff,
-        log_tail=runs.log_tail(lab.run_dir(exp["id"])) if exp["run_dir"] else "", error=exp["error"])
+        log_tail=log_tail(lab.run_dir(exp["id"])) if exp["run_dir"] else "", error=exp["error"])
 
 
 # -- revert --------------------------------------------------------------------------------
 def revert(lab: Lab, target: int | str) -> RevertResult:
     target = validate("target", RevertTarget, target)
     if target == "best":
-        exp = lab.store.best_experiment(lab.config.direction)
+        exp = lab.store.best_experiment()
         if exp is None:
             raise ToolError("target='best' but no experiment has been kept yet. Fix: run a baseline first, "
                             "or pass an experiment id.")
@@ -173,9 +162,10 @@ def revert(lab: Lab, target: int | str) -> RevertResult:
         exp = _get(lab, target)
         if not exp["snapshot_commit"]:
             raise ToolError(f"experiment {target} has no snapshot (status {exp['status']}). Fix: pick another id.")
-    changed = lab.workspace.restore(exp["snapshot_commit"])
-    lab.store.insert_revert(str(target), exp["id"], exp["snapshot_commit"], changed)
-    return RevertResult(experiment_id=exp["id"], snapshot_commit=exp["snapshot_commit"], restored=changed,
+    commit = lab.code_snapshot(exp) if target == "best" else exp["snapshot_commit"]
+    changed = lab.workspace.restore(commit)
+    lab.store.insert_revert(str(target), exp["id"], commit, changed)
+    return RevertResult(experiment_id=exp["id"], snapshot_commit=commit, restored=changed,
                         unchanged=[p for p in lab.config.editable if p not in changed])
 
 

@@ -11,9 +11,8 @@ from pydantic import BaseModel, Field
 
 from tools import experiments as ex
 from tools.errors import ToolError
-from tools.experiments import validate
 from tools.lab import Lab
-from tools.schemas import ExperimentId, Limit, ResultRow
+from tools.schemas import ExperimentId, Limit, ResultRow, validate
 
 MAX_CHANGES = 40
 MAX_METRICS = 40
@@ -87,7 +86,7 @@ def compare_experiments(lab: Lab, a: int, b: int) -> Comparison:
         raise ToolError(f"a and b are both {a}. Fix: pass two different experiment ids (e.g. the best and a rival).")
     ea, eb = _get(lab, a, "a"), _get(lab, b, "b")
 
-    ca, cb = _flatten(json.loads(ea["config_json"] or "{}")), _flatten(json.loads(eb["config_json"] or "{}"))
+    ca, cb = _facts(ea), _facts(eb)
     changes = [Change(key=k, a=_show(ca.get(k)), b=_show(cb.get(k)))
                for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
 
@@ -102,6 +101,11 @@ def compare_experiments(lab: Lab, a: int, b: int) -> Comparison:
                       summary=_objective_summary(ea, eb, cfg.direction, cfg.noise_sigma),
                       config_changes=changes[:MAX_CHANGES], config_changes_total=len(changes),
                       code_diff=diff, metrics=metrics[:MAX_METRICS], metrics_total=len(metrics))
+
+
+def _facts(exp: dict) -> dict[str, object]:
+    """The flattened config of a run, with the params it was submitted with (the row's record)."""
+    return _flatten({**json.loads(exp["config_json"] or "{}"), "params": json.loads(exp["params_json"] or "{}")})
 
 
 def _metric_deltas(lab: Lab, ea: dict, eb: dict) -> list[MetricDelta]:
@@ -161,9 +165,7 @@ def best_trajectory(lab: Lab, limit: int = 30) -> Trajectory:
     """Each time the best improved: the kept runs (noise-aware), in the order they became the best."""
     limit = validate("limit", Limit, limit)
     cfg = lab.config
-    rows = list(lab.store.db.query(
-        "SELECT id, objective, objective_std, description FROM experiments WHERE kept = 1 "
-        "ORDER BY finished_at, id"))
+    rows = lab.store.kept_experiments()
     points, prev = [], None
     for r in rows:
         gain = None
@@ -200,7 +202,7 @@ def leaderboard(lab: Lab, top: int = 10) -> Leaderboard:
 def resume_brief(lab: Lab, notes: int = 12, max_chars: int = 7000) -> str:
     """The context to pick the loop up again after a restart: state, best, trajectory, runs, notes."""
     cfg, store = lab.config, lab.store
-    counts = dict(store.db.conn.execute("SELECT status, count(*) FROM experiments GROUP BY status").fetchall())
+    counts = store.status_counts()
     total = sum(counts.values())
     lines = ["# Resuming the research loop",
              f"Objective: {cfg.objective} ({cfg.direction}); a run is 'improved' only beyond "
@@ -210,7 +212,7 @@ def resume_brief(lab: Lab, notes: int = 12, max_chars: int = 7000) -> str:
         lines += ["- No experiments yet: run the baseline first (`run_experiment(description=\"baseline\")`)."]
     else:
         lines.append(f"- {total} experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
-    best = store.best_experiment(cfg.direction)
+    best = store.best_experiment()
     if best:
         std = f" ± {best['objective_std']:.4g}" if best["objective_std"] else ""
         lines.append(f"- Best: #{best['id']} {cfg.objective} {best['objective']:.4g}{std} — "

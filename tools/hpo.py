@@ -24,18 +24,18 @@ import json
 import math
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 
 from pydantic import BaseModel, Field
 
 from tools.errors import ToolError
 from tools.lab import Lab
+from tools.provenance import snapshot_constants
+from tools.store import TERMINAL
 
 DB_NAME = "optuna.db"
 MAX_SUGGEST = 8
 MATCH_RTOL = 1e-3
-TERMINAL = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
 N_STARTUP_TRIALS = 8
 
 
@@ -164,25 +164,21 @@ def params_match(a: dict, b: dict) -> bool:
 
 def sync(lab: Lab, study, dists: dict) -> None:
     """Bring the study up to date with the experiments table (idempotent)."""
-    from tools.provenance import effective_constants
     optuna = _optuna()
     store, name = lab.store, study.study_name
-    new = list(store.db.query(
-        "SELECT e.* FROM experiments e WHERE e.rerun_of IS NULL AND NOT EXISTS "
-        "(SELECT 1 FROM hpo_trials h WHERE h.experiment_id = e.id AND h.study = ?) ORDER BY e.id LIMIT 1000", [name]))
-    pending = list(store.db.query("SELECT * FROM hpo_trials WHERE study = ? AND state = 'pending' ORDER BY id", [name]))
+    new = store.experiments_without_trial(name)
+    pending = store.trials_in_state(name, "pending")
     for exp in new:
-        values = in_space(effective_constants(lab, exp["snapshot_commit"], json.loads(exp["params_json"] or "{}")), dists)
+        # the snapshot is the code that ran: its constants hold the run's params
+        values = in_space(snapshot_constants(lab, exp["snapshot_commit"]), dists)
         if not values:
-            _insert(store, name, None, exp["id"], "agent", {}, "skipped")
+            store.insert_trial(name, None, exp["id"], "agent", {}, "skipped")
             continue
         match = next((p for p in pending if p["created_at"] <= exp["created_at"]
                       and params_match(json.loads(p["params_json"]), values)), None)
         if match is not None:
             pending.remove(match)
-            with store.transaction() as conn:
-                conn.execute("UPDATE hpo_trials SET experiment_id = ?, state = 'running' WHERE id = ?",
-                             [exp["id"], match["id"]])
+            store.link_trial(match["id"], exp["id"])
             _set_attr(study, match["trial_number"], exp["id"])
             continue
         attrs = {"experiment_id": exp["id"], "source": "agent", "description": exp["description"][:200]}
@@ -193,21 +189,15 @@ def sync(lab: Lab, study, dists: dict) -> None:
                 params=values, distributions=sub, user_attrs=attrs, value=exp["objective"] if ok else None,
                 state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
             number = study.get_trials(deepcopy=False)[-1].number
-            _insert(store, name, number, exp["id"], "agent", values, "complete" if ok else "fail", told=True)
+            store.insert_trial(name, number, exp["id"], "agent", values, "complete" if ok else "fail", told=True)
         else:  # in flight: enqueue, and ask at once so it is RUNNING (the lock keeps this pair atomic)
             study.enqueue_trial(values, user_attrs=attrs)
             trial = study.ask(sub)
-            _insert(store, name, trial.number, exp["id"], "agent", values, "running")
-    running = list(store.db.query(
-        "SELECT h.id, h.trial_number, e.status, e.objective FROM hpo_trials h JOIN experiments e ON e.id = h.experiment_id "
-        f"WHERE h.study = ? AND h.state = 'running' AND e.status IN ({', '.join('?' for _ in TERMINAL)})",
-        [name, *TERMINAL]))
-    for r in running:
+            store.insert_trial(name, trial.number, exp["id"], "agent", values, "running")
+    for r in store.running_trials_of_finished_runs(name):
         ok = r["status"] == "succeeded" and r["objective"] is not None
         _tell(study, r["trial_number"], r["objective"] if ok else None)
-        with store.transaction() as conn:
-            conn.execute("UPDATE hpo_trials SET state = ?, told_at = ? WHERE id = ?",
-                         ["complete" if ok else "fail", time.time(), r["id"]])
+        store.set_trial_state(r["id"], "complete" if ok else "fail")
 
 
 def _tell(study, number: int, value: float | None) -> None:
@@ -232,14 +222,6 @@ def _set_attr(study, number: int, experiment_id: int) -> None:
         pass
 
 
-def _insert(store, study: str, number, experiment_id, source: str, params: dict, state: str, told: bool = False) -> int:
-    with store.transaction() as conn:
-        return conn.execute(
-            "INSERT INTO hpo_trials (created_at, study, trial_number, experiment_id, source, params_json, state, told_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [time.time(), study, number, experiment_id, source, json.dumps(params),
-                                               state, time.time() if told else None]).lastrowid
-
-
 # -- the tool ----------------------------------------------------------------------------------
 def suggest(lab: Lab, n: int = 1, *, in_child: bool = False) -> SuggestResult:
     if not isinstance(n, int) or isinstance(n, bool) or not 1 <= n <= MAX_SUGGEST:
@@ -259,16 +241,15 @@ def suggest(lab: Lab, n: int = 1, *, in_child: bool = False) -> SuggestResult:
         except ValueError as exc:
             raise ToolError(f"the study does not accept this workspace's history ({exc}). Fix: check search_space.") from None
         abandoned = []
-        for p in lab.store.db.query("SELECT * FROM hpo_trials WHERE study = ? AND state = 'pending'", [study.study_name]):
+        for p in lab.store.trials_in_state(study.study_name, "pending"):
             _tell(study, p["trial_number"], None)
-            with lab.store.transaction() as conn:
-                conn.execute("UPDATE hpo_trials SET state = 'abandoned', told_at = ? WHERE id = ?", [time.time(), p["id"]])
+            lab.store.set_trial_state(p["id"], "abandoned")
             abandoned.append(p["trial_number"])
         out = []
         for _ in range(n):
             trial = study.ask(dists)
             params = {k: _short(v) for k, v in trial.params.items()}
-            _insert(lab.store, study.study_name, trial.number, None, "suggest", params, "pending")
+            lab.store.insert_trial(study.study_name, trial.number, None, "suggest", params, "pending")
             trial.set_user_attr("source", "suggest")
             call = (f"run_experiment(description=\"suggest trial {trial.number}: "
                     + ", ".join(f"{k}={v}" for k, v in params.items()) + f"\", params={json.dumps(params)})")
@@ -279,7 +260,7 @@ def suggest(lab: Lab, n: int = 1, *, in_child: bool = False) -> SuggestResult:
         try:
             bt = study.best_trial
             best = {"value": bt.value, "params": {k: _short(v) for k, v in bt.params.items()},
-                    "experiment_id": bt.user_attrs.get("experiment_id") or _experiment_of(lab, study.study_name, bt.number)}
+                    "experiment_id": bt.user_attrs.get("experiment_id") or lab.store.experiment_of_trial(study.study_name, bt.number)}
         except ValueError:
             pass
     return SuggestResult(
@@ -288,12 +269,6 @@ def suggest(lab: Lab, n: int = 1, *, in_child: bool = False) -> SuggestResult:
         trials_running=states.count(S.RUNNING), best=best, suggestions=out, abandoned=abandoned,
         next="run each with run_experiment(params=...) exactly as given (your own params are learned from too); "
              "a new suggest call abandons suggestions not run by then")
-
-
-def _experiment_of(lab: Lab, study: str, number: int) -> int | None:
-    row = lab.store.db.conn.execute("SELECT experiment_id FROM hpo_trials WHERE study = ? AND trial_number = ?",
-                                    [study, number]).fetchone()
-    return row[0] if row else None
 
 
 def _suggest_in_child(lab: Lab, n: int) -> SuggestResult:

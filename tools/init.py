@@ -7,7 +7,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from model.odvg import ODVGError, resolve_dataset  # torch-free
+from model.presets import list_presets, render_template
 from tools import clients
+from tools.hpo import default_search_space, search_space_toml
 from tools.config import CONFIG_NAME, STATE_DIR, render_config
 from tools.errors import ToolError
 from tools.program import default_program
@@ -19,21 +22,12 @@ DATA_DIR = "data/synthetic-prints"
 
 
 def available_presets() -> list[str]:
-    try:
-        from model.presets import list_presets
-        return [*(p["name"] for p in list_presets()), TOY]
-    except ImportError:
-        return [TOY]
+    return [*(p["name"] for p in list_presets()), TOY]
 
 
 def render_train_py(preset: str) -> str:
     if preset == TOY:
         return (TEMPLATES / "toy_train.py").read_text()
-    try:
-        from model.presets import render_template
-    except ImportError as exc:
-        raise ToolError(f"preset {preset!r} needs the eCLIP harness (model.presets), which is not installed. "
-                        f"Fix: use --preset {TOY}, or reinstall the project.") from exc
     try:
         return render_template(preset)
     except ValueError as exc:
@@ -62,7 +56,6 @@ def _writable(folder: Path) -> bool:
 
 def test_annotations_of(data_path: Path) -> Path | None:
     """Where the dataset keeps its held-out test annotations (hidden from every agent run)."""
-    from model.odvg import ODVGError, resolve_dataset  # torch-free
     try:
         return resolve_dataset(data_path).test
     except ODVGError:
@@ -101,7 +94,6 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
     budget = time_budget_s or {TOY: 10, "tiny": 100, "replay": 120}.get(preset, 900)  # the templates' own TIME_BUDGET
 
     (root / "train.py").write_text(train_py)
-    from tools.hpo import default_search_space, search_space_toml
     (root / CONFIG_NAME).write_text(render_config(name=root.name, data=data or "", test_annotations=test_annotations,
                                                   time_budget_s=budget,
                                                   search_space_toml=search_space_toml(default_search_space(preset))))

@@ -47,6 +47,15 @@ class Lab:
                             "Fix: pick a succeeded one (e.g. the best).")
         return exp
 
+    def code_snapshot(self, exp: dict) -> str | None:
+        """The snapshot a run stands for: its own, or for a seed rerun the original's (the same code,
+        which keeps its own SEED), so a kept group's best ref and revert('best') bring back the code."""
+        if exp.get("rerun_kind") == "seed" and exp.get("rerun_of"):
+            root = self.store.get_experiment(exp["rerun_of"])
+            if root is not None and root["snapshot_commit"]:
+                return root["snapshot_commit"]
+        return exp.get("snapshot_commit")
+
     @property
     def state_dir(self) -> Path:
         return self.root / STATE_DIR

@@ -14,13 +14,6 @@ from tools.lab import Lab
 MAX_PLOT_EXPERIMENTS = 1000
 
 
-def _rows(lab: Lab, limit: int) -> list[dict]:
-    rows = list(lab.store.db.query(
-        "SELECT * FROM (SELECT * FROM experiments WHERE status NOT IN ('queued', 'running') ORDER BY id DESC LIMIT ?) "
-        "ORDER BY id", [int(limit)]))
-    return rows
-
-
 def progress_png(lab: Lab, limit: int = 500) -> bytes:
     """Objective per experiment; the kept runs as a step line (the best so far, group means where
     measured); the band the next run must clear: best +- noise_sigma * the best's std."""
@@ -33,7 +26,7 @@ def progress_png(lab: Lab, limit: int = 500) -> bytes:
     except ImportError:
         raise ToolError("plotting needs matplotlib. Fix: pip install 'eclip-autoresearch[plot]'.") from None
     cfg = lab.config
-    rows = _rows(lab, limit)
+    rows = lab.store.finished_experiments(limit)
     ok = [r for r in rows if r["status"] == "succeeded" and r["objective"] is not None]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     try:
@@ -87,7 +80,7 @@ def results_tsv(lab: Lab) -> str:
     header, one row per finished experiment in id order (karpathy/autoresearch's results.tsv)."""
     header = ["commit", lab.config.objective, "memory_gb", "status", "description"]
     lines = ["\t".join(header)]
-    for r in lab.store.db.query("SELECT * FROM experiments WHERE status NOT IN ('queued', 'running') ORDER BY id"):
+    for r in lab.store.finished_experiments():
         crash = r["status"] != "succeeded" or r["objective"] is None
         status = "crash" if crash else "keep" if r["kept"] else "discard"
         objective = 0.0 if crash else r["objective"]

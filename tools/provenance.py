@@ -1,14 +1,14 @@
 """What an experiment ran with: the snapshot's constants, seeds, environment and data fingerprint.
 
 No torch here: package versions come from installed metadata, constants from parsing the
-snapshot's train.py (ast, never exec). `runs.submit` stores `provenance(...)` in config_json, so
-every experiment records its commit, full config (constants + overrides, seed included), data
-fingerprint, package versions, host and (once it ran) device and sandbox backend.
+snapshot's train.py (model.constants, never exec). `runs.submit` stores `provenance(...)` in
+config_json, so every experiment records its commit, the constants its snapshot ran with (the
+tuned params are written into the snapshot, the seed included), a data fingerprint, package
+versions, host and (once it ran) device and sandbox backend.
 """
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import os
@@ -17,26 +17,11 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from model.constants import parse_constants
+from tools.guard import test_paths
+
 PACKAGES = ("numpy", "torch", "torchvision", "open_clip_torch", "pillow", "scipy", "eclip-autoresearch")
 MAX_FINGERPRINT_FILES = 20_000
-
-
-def parse_constants(source: str | bytes) -> dict:
-    """`NAME = literal` lines at module level, UPPERCASE names only (no exec)."""
-    try:
-        tree = ast.parse(source)
-    except (SyntaxError, ValueError):
-        return {}
-    out = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            name = node.targets[0].id
-            if name.isupper():
-                try:
-                    out[name] = ast.literal_eval(node.value)
-                except (ValueError, SyntaxError, TypeError):
-                    pass
-    return out
 
 
 def main_file(lab) -> str | None:
@@ -57,11 +42,6 @@ def snapshot_constants(lab, commit: str | None) -> dict:
         return {}
     data = lab.workspace.read_snapshot_file(commit, rel)
     return parse_constants(data) if data else {}
-
-
-def effective_constants(lab, commit: str | None, params: dict | None) -> dict:
-    """What the run's constants were: the snapshot's, overridden by params (AR_PARAMS)."""
-    return {**snapshot_constants(lab, commit), **(params or {})}
 
 
 @functools.lru_cache(maxsize=1)
@@ -107,11 +87,10 @@ def data_fingerprint(root: Path | None, exclude: list[Path] = ()) -> str | None:
     return "listing-sha256:" + h.hexdigest()[:32]
 
 
-def provenance(lab, commit: str | None, params: dict | None) -> dict:
-    """The record stored with each experiment at submit time."""
-    from tools.integrity import test_paths  # the held-out split never enters the fingerprint
-
-    constants = effective_constants(lab, commit, params)
+def provenance(lab, commit: str | None) -> dict:
+    """The record stored with each experiment at submit time (the held-out split never enters the
+    fingerprint)."""
+    constants = snapshot_constants(lab, commit)
     return {"commit": commit, "main_file": main_file(lab), "constants": _json_safe(constants),
             "seed": constants.get("SEED"), "data_fingerprint": data_fingerprint(lab.data_dir(), test_paths(lab)),
             "environment": environment(),

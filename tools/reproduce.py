@@ -12,6 +12,7 @@ import json
 
 from pydantic import BaseModel, Field
 
+from tools import runs
 from tools.errors import ToolError
 from tools.lab import Lab
 
@@ -37,13 +38,12 @@ class ReproduceReport(BaseModel):
 
 
 def submit_reproduction(lab: Lab, experiment_id: int) -> int:
-    from tools import runs
-
+    """The same snapshot again (its params and SEED are written in it): one more run to compare."""
     exp = lab.succeeded_experiment(experiment_id, "reproduced")
     return runs.submit(lab, description=f"reproduce #{experiment_id}: {exp['description'][:1500]}",
                        hypothesis=f"same snapshot, same params: should match experiment {experiment_id}",
-                       time_budget_s=exp["time_budget_s"], params=json.loads(exp["params_json"] or "{}"),
-                       commit=exp["snapshot_commit"], rerun_of=experiment_id, rerun_kind="reproduce")
+                       time_budget_s=exp["time_budget_s"], commit=exp["snapshot_commit"], rerun_of=experiment_id,
+                       rerun_kind="reproduce")
 
 
 def report(lab: Lab, original_id: int, reproduction_id: int) -> ReproduceReport:

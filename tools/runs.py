@@ -10,51 +10,55 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import signal
 import stat
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from tools.config import gpu_slots
-from tools.errors import ToolError
-from tools.lab import Lab, harness_dir
-from tools.workspace import BEST_REF
+from sandbox import SandboxUnavailable
 
-LOG_TAIL_LINES = 40
-MAX_STORED_STEPS = 2000
+from tools import datacache, guard, hpo
+from tools.errors import ToolError
+from tools.lab import Lab
+from tools.launch import launch_sandboxed, sandbox_policy, wait_sandboxed
+from tools.params import bake
+from tools.provenance import main_file, provenance
+from tools.rundir import (log_tail, metric_rows, number, read_cache_status, read_metrics, read_steps, text_facts,
+                          write_cache_status)
+from tools.verdict import verdict_fields
+from tools.workspace import BEST_REF
 
 
 # -- submission ----------------------------------------------------------------------------
 def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_budget_s: float | None = None,
-           params: dict | None = None, seed: int | None = None, commit: str | None = None,
-           rerun_of: int | None = None, rerun_kind: str | None = None) -> int:
-    """Snapshot the editable files, queue the experiment, make sure a supervisor will run it.
-    With `commit`, run that existing snapshot instead (seed reruns, reproductions: rerun_of/rerun_kind)."""
-    from tools.provenance import provenance
+           params: dict | None = None, commit: str | None = None, rerun_of: int | None = None,
+           rerun_kind: str | None = None) -> int:
+    """Snapshot the editable files with `params` written into their constants, queue the experiment,
+    make sure a supervisor will run it. With `commit`, run that existing snapshot instead (with
+    `params`, a new snapshot of it with those values: seed reruns). A bad param is refused before
+    any snapshot or row exists."""
     cfg = lab.config
     budget = float(time_budget_s or cfg.time_budget_s)
     if budget > cfg.max_time_budget_s:
         raise ToolError(f"time_budget_s={budget:g} is above max_time_budget_s={cfg.max_time_budget_s:g} "
                         "set in autoresearch.toml. Fix: ask for less, or have a human raise the maximum.")
     params = dict(params or {})
-    if seed is not None:
-        params["SEED"] = seed
-    best = lab.store.best_experiment(cfg.direction)
-    config = {"command": cfg.command, "time_budget_s": budget, "params": params,
-              "workspace": cfg.model_dump(mode="json")}
+    if commit is not None and lab.workspace.ref(commit) != commit:
+        raise ToolError(f"commit={commit!r} is not a snapshot in this workspace. Fix: rerun an experiment by its id.")
+    contents = _baked(lab, params, commit)
+    best = lab.store.best_experiment()
+    config = {"command": cfg.command, "time_budget_s": budget, "workspace": cfg.model_dump(mode="json")}
     # Commit first, then record the row already 'queued' with its commit: a submitter killed at
     # any point leaves either nothing or a complete queued run, never a half-made one.
+    message = f"experiment: {description}\n\n{hypothesis or ''}".strip()
     if commit is None:
-        commit = lab.workspace.snapshot(f"experiment: {description}\n\n{hypothesis or ''}".strip(),
-                                        contents=_baked_params(lab, params))
-    elif lab.workspace.ref(commit) != commit:
-        raise ToolError(f"commit={commit!r} is not a snapshot in this workspace. Fix: rerun an experiment by its id.")
-    config["provenance"] = provenance(lab, commit, params)
+        commit = lab.workspace.snapshot(message, contents=contents)
+    elif contents:
+        commit = lab.workspace.snapshot(message, contents=contents, base=commit)
+    config["provenance"] = provenance(lab, commit)
     extra = {"rerun_of": rerun_of, "rerun_kind": rerun_kind} if rerun_of is not None else {}
     exp_id = lab.store.insert_experiment(
         status="queued", description=description, hypothesis=hypothesis, time_budget_s=budget,
@@ -65,15 +69,23 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
     return exp_id
 
 
-def _baked_params(lab: Lab, params: dict) -> dict[str, bytes]:
-    """The experiment script with `params` written into its constants (AR_PARAMS still carries them)."""
-    from tools.workspace import apply_constants
-    cfg = lab.config
-    script = next((a for a in cfg.command[1:] if a in cfg.editable), None)
-    if not params or script is None or not (lab.root / script).is_file():
+def _baked(lab: Lab, params: dict, commit: str | None) -> dict[str, bytes]:
+    """{main file: its text with `params` written in} ({} without params); ToolError for a bad param."""
+    if not params:
         return {}
-    text, _ = apply_constants((lab.root / script).read_text(), params)
-    return {script: text.encode()}
+    script = main_file(lab)
+    if script is None:
+        raise ToolError("params need a Python main file among `editable` in autoresearch.toml, and there is none. "
+                        "Fix: drop params, or have a human add train.py to editable.")
+    if commit is None:
+        path = lab.root / script
+        text = path.read_text() if path.is_file() else None
+    else:
+        data = lab.workspace.read_snapshot_file(commit, script)
+        text = data.decode() if data is not None else None
+    if text is None:
+        raise ToolError(f"params need {script}, which does not exist. Fix: revert('best') to restore it.")
+    return {script: bake(text, params, script).encode()}
 
 
 def ensure_supervisor(lab: Lab) -> None:
@@ -88,127 +100,9 @@ def ensure_supervisor(lab: Lab) -> None:
         log.close()
 
 
-# -- reading the run dir (written by untrusted code: never follow its symlinks) -------------
-def open_run_file(path: Path):
-    """Open a file of a run dir for reading without following a symlink the child planted there
-    (it could point at a host file this unsandboxed process may read)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise OSError(f"{path} is not a regular file")
-    return os.fdopen(fd, "rb")
-
-
-# -- reading progress ----------------------------------------------------------------------
-@dataclass
-class Progress:
-    step: int | None = None
-    loss: float | None = None
-    elapsed: float | None = None
-
-
-def latest_progress(run_dir: Path) -> Progress:
-    """The last line of events.jsonl, read from the file's end (cheap on long runs)."""
-    path = Path(run_dir) / "events.jsonl"
-    try:
-        with open_run_file(path) as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 8192))
-            lines = f.read().splitlines()
-    except OSError:
-        return Progress()
-    for line in reversed(lines):
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(ev, dict) and "step" in ev:
-            return Progress(step=_int(ev.get("step")), loss=_num(ev.get("loss")), elapsed=_num(ev.get("elapsed")))
-    return Progress()
-
-
-def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of stderr (tracebacks live there), else of stdout."""
-    for name in ("stderr.log", "stdout.log"):
-        path = Path(run_dir) / name
-        try:
-            with open_run_file(path) as f:
-                f.seek(0, os.SEEK_END)
-                f.seek(max(0, f.tell() - 64 * 1024))
-                text = f.read().decode(errors="replace")
-        except OSError:
-            continue
-        if text.strip():
-            return "\n".join(text.rstrip().splitlines()[-lines:])
-    return ""
-
-
 # -- running one experiment (inside the supervisor) ----------------------------------------
-def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int = 0):
-    """The SandboxPolicy of one experiment: the single place that decides what a run may touch."""
-    from sandbox import Limits, SandboxPolicy
-
-    cfg = lab.config
-    budget = float(exp["time_budget_s"] or cfg.time_budget_s)
-    env = {"AR_RUN_DIR": str(run_dir), "AR_TIME_BUDGET_S": f"{budget:g}", "AR_EXPERIMENT_ID": str(exp["id"]),
-           "AR_EVAL_SPLIT": "val", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    read_only = [code_dir]
-    data = lab.data_dir()
-    if data is not None:
-        env["AR_DATA_DIR"] = str(data)
-        read_only.append(data)
-    harness = harness_dir()
-    if harness is not None:
-        read_only.append(harness)
-    read_only += [lab.resolve(p) for p in cfg.read_only]
-    from tools.datacache import cache_dir
-    cache = cache_dir(lab)
-    if data is not None and cache.is_dir():  # built by trusted code; read-only for runs
-        env["AR_CACHE_DIR"] = str(cache)
-        read_only.append(cache)
-    params = json.loads(exp["params_json"] or "{}")
-    if params:
-        (run_dir / "params.json").write_text(json.dumps(params, indent=2))
-        env["AR_PARAMS"] = str(run_dir / "params.json")
-    hidden = [lab.root / ".git", lab.store.path, Path(str(lab.store.path) + "-wal"), Path(str(lab.store.path) + "-shm")]
-    from tools.integrity import hidden_for_agent_runs
-    hidden += hidden_for_agent_runs(lab)  # the held-out split (its heldout/ folder) and the test runs
-    min_backend = {"auto": "none", "none": "none", "landlock": "landlock", "bwrap": "bwrap", "strict": "bwrap"}[cfg.sandbox]
-    limits = Limits(wall_seconds=budget + cfg.timeout_grace_s, max_processes=cfg.max_processes,
-                    memory_bytes=int(cfg.memory_limit_gb * 2**30) if cfg.memory_limit_gb else None)
-    gpus = gpu_slots(cfg)
-    gpu = False
-    if gpus:  # each slot owns one GPU: its device node only, and CUDA_VISIBLE_DEVICES to match
-        gpu = [gpus[slot % len(gpus)]]
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu[0])
-    return SandboxPolicy(argv=lab.command_argv(), cwd=code_dir, run_dir=run_dir, read_only=read_only,
-                         hidden=[h for h in hidden if h.exists()], env=env, network=cfg.network, limits=limits,
-                         gpu=gpu, min_backend=min_backend)
-
-
-def launch_sandboxed(lab: Lab, policy):
-    """Start a policy with the backend autoresearch.toml asks for (a name forces that backend)."""
-    from sandbox import launch
-    forced = lab.config.sandbox if lab.config.sandbox in ("bwrap", "landlock", "none") else None
-    return launch(policy, backend=forced)
-
-
-def wait_sandboxed(proc, should_cancel):
-    """Wait for a sandboxed process, cancelling its whole tree once `should_cancel()` says so."""
-    cancelled = False
-    while (result := proc.poll()) is None:
-        if not cancelled and should_cancel():
-            cancelled = True
-            proc.cancel()
-        time.sleep(0.2)
-    return result
-
-
 def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
     """Run one claimed experiment to its end and record it. `should_cancel()` is polled."""
-    from sandbox import SandboxUnavailable
-
     exp_id = exp["id"]
     run_dir = lab.run_dir(exp_id)
     code_dir = run_dir / "code"
@@ -229,79 +123,17 @@ def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
         raise
 
 
-CACHE_STATUS = "cache.status"
-MAX_CACHE_STATUS = 500
-
-
 def _warm_data_cache(lab: Lab, code_dir: Path, run_dir: Path, should_cancel) -> None:
     """Build the tensor cache this snapshot asks for (tools/datacache.py); never fails the run."""
-    from tools import datacache
-    status = run_dir / CACHE_STATUS
     try:
         line = datacache.warm(lab, code_dir, run_dir / "cache.log", should_cancel,
-                              on_build=lambda text: status.write_text(text))  # experiment_status shows it
+                              on_build=lambda text: write_cache_status(run_dir, text))  # experiment_status shows it
     except Exception as exc:  # a cache is an optimisation: the run loads its data uncached
         line = f"not built ({type(exc).__name__}: {exc}); the run loads uncached"
-    status.write_text(line[:MAX_CACHE_STATUS])
-
-
-def read_cache_status(run_dir: Path) -> str | None:
-    """The line _warm_data_cache left in the run dir (the child can write there: bounded, no symlinks)."""
-    try:
-        with open_run_file(Path(run_dir) / CACHE_STATUS) as f:
-            return f.read(MAX_CACHE_STATUS).decode(errors="replace")
-    except OSError:
-        return None
+    write_cache_status(run_dir, line)
 
 
 # -- recording -----------------------------------------------------------------------------
-def read_metrics(run_dir: Path) -> tuple[dict | None, str | None]:
-    path = Path(run_dir) / "metrics.json"
-    if not path.exists():
-        return None, "metrics.json was not written"
-    try:
-        with open_run_file(path) as f:
-            data = json.loads(f.read(8 * 2**20))
-    except (OSError, ValueError) as exc:
-        return None, f"metrics.json is not valid JSON: {exc}"
-    if not isinstance(data, dict):
-        return None, "metrics.json is not a JSON object"
-    return data, None
-
-
-def metric_rows(metrics: dict) -> list[tuple[int | None, str, float]]:
-    rows: list[tuple[int | None, str, float]] = []
-    for name, value in metrics.items():
-        if (v := _num(value)) is not None:
-            rows.append((None, str(name)[:100], v))
-    folds = metrics.get("folds")
-    if isinstance(folds, list):
-        for i, fold in enumerate(folds[:100]):
-            if isinstance(fold, dict):
-                rows += [(i, str(k)[:100], v) for k, val in fold.items() if (v := _num(val)) is not None]
-    return rows[:5000]
-
-
-def read_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
-    """Per-step loss from events.jsonl, evenly thinned to a bounded count."""
-    rows = []
-    try:
-        with open_run_file(Path(run_dir) / "events.jsonl") as f:
-            for line in f:
-                try:
-                    ev = json.loads(line)
-                except ValueError:
-                    continue
-                if isinstance(ev, dict) and (step := _int(ev.get("step"))) is not None:
-                    rows.append((step, _num(ev.get("t")), _num(ev.get("loss"))))
-    except OSError:
-        return []
-    if len(rows) > MAX_STORED_STEPS:
-        stride = math.ceil(len(rows) / MAX_STORED_STEPS)
-        rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
-    return rows
-
-
 def record_from_run_dir(lab: Lab, exp_id: int, *, result=None, recovered: bool = False) -> None:
     """Turn a finished run dir (and the sandbox's result, when we have it) into the store's record."""
     exp = lab.store.get_experiment(exp_id)
@@ -321,7 +153,7 @@ def record_from_run_dir(lab: Lab, exp_id: int, *, result=None, recovered: bool =
         status, error = ("interrupted" if recovered else "failed"), problem
     objective = None
     if status == "succeeded":
-        objective = _num(metrics.get(lab.config.objective))
+        objective = number(metrics.get(lab.config.objective))
         if objective is None:
             status, error = "failed", (f"metrics.json has no numeric '{lab.config.objective}' "
                                        "(the objective named in autoresearch.toml)")
@@ -330,10 +162,9 @@ def record_from_run_dir(lab: Lab, exp_id: int, *, result=None, recovered: bool =
     if error and status != "succeeded":
         tail = log_tail(run_dir)
         error = f"{error}\n--- log tail ---\n{tail}" if tail else error
-    from tools import integrity
-    denied = integrity.denied_accesses(lab, run_dir)
+    denied = guard.denied_accesses(lab, run_dir)
     if denied:
-        error = integrity.describe(denied) + ("\n" + error if error else "")
+        error = guard.describe(denied) + ("\n" + error if error else "")
     # the denied accesses land in the same transaction as the outcome: a reader that sees the
     # finished row also sees why it failed
     record(lab, exp_id, status=status, error=error, metrics=metrics if status == "succeeded" else None,
@@ -344,8 +175,6 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
            objective: float | None = None, result=None, denied: list[dict] | None = None) -> None:
     """Write the outcome, the verdict, the denied accesses and the best ref in one transaction
     (concurrent runs serialise)."""
-    from tools.noise import verdict_fields
-
     store, cfg = lab.store, lab.config
     exp = store.get_experiment(exp_id)
     run_dir = lab.run_dir(exp_id)
@@ -361,13 +190,13 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
             fields["peak_memory_gb"] = round(result.peak_memory_bytes / 2**30, 4)
     config = json.loads(exp["config_json"] or "{}")
     if metrics is not None:
-        std = _num(metrics.get("objective_std"))
+        std = number(metrics.get("objective_std"))
         if std is None and isinstance(metrics.get("objective_name"), str):
-            std = _num(metrics.get(metrics["objective_name"] + "_std"))
+            std = number(metrics.get(metrics["objective_name"][:100] + "_std"))
         fields["objective"], fields["objective_std"] = objective, std
-        if (mem := _num(metrics.get("peak_memory_gb"))) is not None:
+        if (mem := number(metrics.get("peak_memory_gb"))) is not None:
             fields["peak_memory_gb"] = mem
-        config["run"] = {k: v for k, v in metrics.items() if _num(v) is None and k != "folds"}
+        config["run"] = text_facts(metrics)
     if (cache_status := read_cache_status(run_dir)) is not None:
         config["data_cache"] = cache_status
     if result is not None:
@@ -376,26 +205,24 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
                              "limits": result.limits}
     fields["config_json"] = json.dumps(config, default=str)
     with store.transaction() as conn:
-        if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/noise.py)
-            fields.update(verdict_fields(conn, exp, objective, fields.get("objective_std"), cfg))
+        if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/verdict.py)
+            fields.update(verdict_fields(store, conn, exp, objective, fields.get("objective_std"), cfg))
             store.replace_metrics(exp_id, metric_rows(metrics), conn)
         store.replace_steps(exp_id, steps, conn)
         updated = store.update_experiment(exp_id, conn=conn, only_if_status=("running", "queued"),
                                           **fields)
         if updated and denied:
-            from tools import integrity
-            integrity.record_events(conn, exp_id, denied)
+            store.record_integrity_events(conn, exp_id, denied)
         if updated and fields.get("kept") and exp["snapshot_commit"]:
             # under the write lock: refs move in the order the verdicts were given, and a reader
             # that sees the kept row also sees the ref
             try:
-                lab.workspace.advance_best(exp["snapshot_commit"])
+                lab.workspace.advance_best(lab.code_snapshot(exp))
             except Exception as exc:  # the ref is a convenience (revert('best') reads the store)
                 print(f"autoresearch: could not advance {BEST_REF}: {exc}", file=sys.stderr)
     _prune_checkpoints(lab, exp_id, kept=bool(fields.get("kept")))
     if updated:
-        from tools.hpo import after_run
-        after_run(lab, exp_id)  # tell the Optuna study (never raises)
+        hpo.after_run(lab, exp_id)  # tell the Optuna study (never raises)
 
 
 def _prune_checkpoints(lab: Lab, exp_id: int, kept: bool) -> None:
@@ -403,7 +230,14 @@ def _prune_checkpoints(lab: Lab, exp_id: int, kept: bool) -> None:
     if policy == "all" or (policy == "kept" and kept):
         return
     for ckpt in lab.run_dir(exp_id).glob("*.pt"):
-        ckpt.unlink(missing_ok=True)
+        try:
+            if stat.S_ISDIR(ckpt.lstat().st_mode):  # the child made it: a directory is not ours to remove
+                print(f"autoresearch: experiment {exp_id}: {ckpt.name} is a directory, not a checkpoint; left as is",
+                      file=sys.stderr)
+                continue
+            ckpt.unlink(missing_ok=True)  # a symlink is removed, never followed
+        except OSError as exc:
+            print(f"autoresearch: experiment {exp_id}: could not remove {ckpt.name}: {exc}", file=sys.stderr)
 
 
 # -- cancel and recovery -------------------------------------------------------------------
@@ -413,8 +247,7 @@ def request_cancel(lab: Lab, exp_id: int) -> str:
     if exp["status"] == "queued":
         if lab.store.update_experiment(exp_id, only_if_status=("queued",), status="cancelled",
                                        finished_at=time.time(), error="cancelled before it started"):
-            from tools.hpo import after_run
-            after_run(lab, exp_id)  # a suggested trial is told FAIL
+            hpo.after_run(lab, exp_id)  # a suggested trial is told FAIL
             return "cancelled"
         exp = lab.store.get_experiment(exp_id)
     if exp["status"] != "running":
@@ -467,15 +300,3 @@ def recover(lab: Lab, *, kick: bool = True) -> list[int]:
     if kick and lab.store.count_experiments("queued"):
         ensure_supervisor(lab)
     return settled
-
-
-# -- small helpers -------------------------------------------------------------------------
-def _num(value) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-def _int(value) -> int | None:
-    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) else None

@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, TypeAdapter, ValidationError
+
+from tools.errors import ToolError
+
+def validate(name: str, type_, value):
+    """Validate one argument; a refusal names the field, the problem and the fix."""
+    try:
+        return TypeAdapter(type_).validate_python(value)
+    except ValidationError as exc:
+        msgs = "; ".join(e["msg"] for e in exc.errors())
+        raise ToolError(f"invalid {name}={value!r}: {msgs}. Fix: pass a valid {name} (see the tool's schema).") from None
+
 
 ExperimentId = Annotated[int, Field(ge=1, le=10**9, description="an experiment id from read_results")]
 Description = Annotated[str, Field(min_length=3, max_length=2000,

@@ -14,11 +14,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, Field
 
 from tools.errors import ToolError
-from tools.experiments import validate
 from tools.lab import Lab
-from tools.schemas import Status
+from tools.schemas import Status, validate
 
-COLUMNS = ("description", "hypothesis", "notes", "diff")
 WEIGHTS = (4.0, 2.0, 2.0, 1.0, 0.0)  # bm25 weight per column (the last is notes_max_id, unindexed)
 MAX_TERMS = 12
 MAX_INDEX_PER_CALL = 500    # ~4 ms of git per experiment: a first search over a big history stays bounded
@@ -76,29 +74,17 @@ def changed_lines(diff: str) -> str:
 
 def refresh_index(lab: Lab, max_items: int = MAX_INDEX_PER_CALL) -> tuple[int, int]:
     """Index new experiments and re-index those with new notes; returns (indexed, still pending)."""
-    db = lab.store.db.conn
-    stale = db.execute(
-        """WITH nm AS (SELECT experiment_id, max(id) AS m FROM notes
-                       WHERE experiment_id IS NOT NULL GROUP BY experiment_id)
-           SELECT e.id, coalesce(nm.m, 0), f.rowid IS NOT NULL, f.diff
-           FROM experiments e
-           LEFT JOIN nm ON nm.experiment_id = e.id
-           LEFT JOIN experiments_fts f ON f.rowid = e.id
-           WHERE f.rowid IS NULL OR coalesce(f.notes_max_id, 0) != coalesce(nm.m, 0)
-           ORDER BY e.id""").fetchall()
+    stale = lab.store.stale_search_rows()
     todo, pending = stale[:max_items], max(0, len(stale) - max_items)
     rows = []
     for exp_id, notes_max, was_indexed, old_diff in todo:
         exp = lab.store.get_experiment(exp_id)
         diff = old_diff if was_indexed else _snapshot_diff(lab, exp)  # a snapshot never changes
-        notes = db.execute("SELECT text FROM notes WHERE experiment_id = ? ORDER BY id", [exp_id]).fetchall()
+        notes = lab.store.note_texts(exp_id)
         rows.append((exp_id, exp["description"], exp["hypothesis"] or "",
-                     "\n".join(t for (t,) in notes)[:MAX_NOTES_CHARS], diff or "", notes_max))
+                     "\n".join(notes)[:MAX_NOTES_CHARS], diff or "", notes_max))
     if rows:
-        with lab.store.transaction() as conn:
-            conn.executemany("DELETE FROM experiments_fts WHERE rowid = ?", [(r[0],) for r in rows])
-            conn.executemany("INSERT INTO experiments_fts (rowid, description, hypothesis, notes, diff, notes_max_id) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
+        lab.store.replace_search_rows(rows)
     return len(rows), pending
 
 
@@ -125,52 +111,18 @@ def search_experiments(lab: Lab, query: str, status: str | None = None, verdict:
         raise ToolError(f"query={query!r} has no words to search for. Fix: pass words or numbers, e.g. 'warmup lr'.")
     indexed, pending = refresh_index(lab)
 
-    filters, fargs = "", []
-    if status:
-        filters += " AND e.status = ?"
-        fargs.append(status)
-    if verdict:
-        filters += " AND e.verdict = ?"
-        fargs.append(verdict)
     mode: Literal["all terms", "any term"] = "all terms"
     fts_query = " ".join(terms)
-    total = _count(lab, fts_query, filters, fargs)
+    total = lab.store.search_count(fts_query, status, verdict)
     if total == 0 and len(terms) > 1:
         mode, fts_query = "any term", " OR ".join(terms)
-        total = _count(lab, fts_query, filters, fargs)
-    weights = ", ".join(str(w) for w in WEIGHTS)
-    rows = lab.store.db.conn.execute(
-        f"""SELECT e.id, e.status, e.verdict, e.objective, e.delta, e.kept, e.description,
-                   snippet(experiments_fts, -1, '[', ']', '…', 12)
-            FROM experiments_fts f JOIN experiments e ON e.id = f.rowid
-            WHERE experiments_fts MATCH ?{filters}
-            ORDER BY bm25(experiments_fts, {weights}), e.id DESC LIMIT ?""",
-        [fts_query, *fargs, limit]).fetchall()
-    where = _matched_columns(lab, fts_query, [r[0] for r in rows])
+        total = lab.store.search_count(fts_query, status, verdict)
+    rows = lab.store.search(fts_query, status, verdict, limit, WEIGHTS)
+    where = lab.store.search_matched_columns(fts_query, [r[0] for r in rows])
     hits = [SearchHit(id=r[0], status=r[1], verdict=r[2], objective=r[3], delta=r[4], kept=bool(r[5]),
                       description=_clip(r[6], 120), matched_in=where.get(r[0], []),
                       snippet=_clip(" ".join(r[7].split()), 240)) for r in rows]
     return SearchPage(query=fts_query, mode=mode, total=total, hits=hits, indexed_now=indexed, not_indexed=pending)
-
-
-def _count(lab: Lab, fts_query: str, filters: str, fargs: list) -> int:
-    return lab.store.db.conn.execute(
-        f"SELECT count(*) FROM experiments_fts f JOIN experiments e ON e.id = f.rowid "
-        f"WHERE experiments_fts MATCH ?{filters}", [fts_query, *fargs]).fetchone()[0]
-
-
-def _matched_columns(lab: Lab, fts_query: str, ids: list[int]) -> dict[int, list[str]]:
-    """Which fields hold the terms, per hit: one column-filtered query per field (identifiers whitelisted)."""
-    out: dict[int, list[str]] = {}
-    if not ids:
-        return out
-    marks = ", ".join("?" for _ in ids)
-    for col in COLUMNS:
-        for (rowid,) in lab.store.db.conn.execute(
-                f"SELECT rowid FROM experiments_fts WHERE experiments_fts MATCH ? AND rowid IN ({marks})",
-                [f"{col} : ({fts_query})", *ids]):
-            out.setdefault(rowid, []).append(col)
-    return out
 
 
 def _clip(text: str, n: int) -> str:

@@ -109,7 +109,7 @@ MIGRATIONS: list[str] = [
     ALTER TABLE experiments ADD COLUMN rerun_kind TEXT;        -- seed (joins the noise group) | reproduce
     ALTER TABLE experiments ADD COLUMN group_n INTEGER;        -- succeeded runs in this run's seed group
     ALTER TABLE experiments ADD COLUMN group_objective REAL;   -- their mean objective (what verdicts use)
-    ALTER TABLE experiments ADD COLUMN group_std REAL;         -- the std of that mean (see tools/noise.py)
+    ALTER TABLE experiments ADD COLUMN group_std REAL;         -- the std of that mean (see tools/verdict.py)
     CREATE INDEX experiments_rerun_of ON experiments(rerun_of);
     CREATE TABLE test_evaluations (
         id INTEGER PRIMARY KEY,
@@ -153,7 +153,8 @@ MIGRATIONS: list[str] = [
     """,
 ]
 
-TERMINAL_STATUSES = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
+# The lifecycle's end states (the one definition: every module that waits or tells reads it here).
+TERMINAL = ("succeeded", "failed", "timeout", "cancelled", "interrupted")
 
 
 class Store:
@@ -172,6 +173,9 @@ class Store:
         conn.execute("PRAGMA foreign_keys = ON")
         self.db = sqlite_utils.Database(conn)
         self._migrate()
+        # writable columns come from the schema itself (migrations are their only owner)
+        self._columns = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")}
+                         for t in ("experiments", "test_evaluations")}
 
     def close(self) -> None:
         self.db.conn.close()
@@ -209,7 +213,7 @@ class Store:
         fields.setdefault("created_at", time.time())
         fields.setdefault("status", "queued")
         cols = list(fields)
-        _check_columns(cols)
+        self._check_columns("experiments", cols)
         sql = f"INSERT INTO experiments ({', '.join(cols)}) VALUES ({', '.join('?' for _ in cols)})"
         with self.transaction() as conn:
             exp_id = conn.execute(sql, [fields[c] for c in cols]).lastrowid
@@ -220,7 +224,7 @@ class Store:
     def update_experiment(self, experiment_id: int, *, only_if_status: tuple[str, ...] | None = None,
                           conn: sqlite3.Connection | None = None, **fields: Any) -> bool:
         """Set fields; with only_if_status, only when the row is in one of those states."""
-        _check_columns(fields)
+        self._check_columns("experiments", fields)
         sets = ", ".join(f"{c} = ?" for c in fields)
         sql = f"UPDATE experiments SET {sets} WHERE id = ?"
         args = [*fields.values(), experiment_id]
@@ -236,11 +240,60 @@ class Store:
         rows = list(self.db.query("SELECT * FROM experiments WHERE id = ?", [experiment_id]))
         return rows[0] if rows else None
 
-    def best_experiment(self, direction: str) -> dict | None:
-        """The current best: the most recent kept run (kept runs only ever improve)."""
+    def best_experiment(self) -> dict | None:
+        """The current best: the most recent kept run (a run is kept only when it beats the best)."""
         rows = list(self.db.query(
             "SELECT * FROM experiments WHERE kept = 1 ORDER BY finished_at DESC, id DESC LIMIT 1"))
         return rows[0] if rows else None
+
+    def best_for_verdict(self, conn: sqlite3.Connection) -> dict | None:
+        """The current best with its group's mean and std when it has a seed group (inside a verdict's
+        transaction, so it sees the group columns that transaction refreshed)."""
+        cur = conn.execute(
+            "SELECT id, coalesce(group_objective, objective) AS objective, coalesce(group_std, objective_std) "
+            "AS objective_std, group_n, verdict FROM experiments WHERE kept = 1 ORDER BY finished_at DESC, id DESC "
+            "LIMIT 1")
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row)) if row else None
+
+    def objective_of(self, conn: sqlite3.Connection, experiment_id: int) -> float | None:
+        row = conn.execute("SELECT objective FROM experiments WHERE id = ?", [experiment_id]).fetchone()
+        return row[0] if row else None
+
+    def seed_group_results(self, conn: sqlite3.Connection, root_id: int, exclude_id: int) -> list[tuple]:
+        """(id, objective, objective_std) of the succeeded runs of root_id's seed group, but exclude_id."""
+        return conn.execute(
+            "SELECT id, objective, objective_std FROM experiments WHERE (id = ? OR (rerun_of = ? AND rerun_kind = 'seed')) "
+            "AND status = 'succeeded' AND objective IS NOT NULL AND id != ? ORDER BY id",
+            (root_id, root_id, exclude_id)).fetchall()
+
+    def set_group_stats(self, conn: sqlite3.Connection, ids: list[int], n: int, mean: float, std: float) -> None:
+        if ids:
+            marks = ", ".join("?" for _ in ids)
+            conn.execute(f"UPDATE experiments SET group_n = ?, group_objective = ?, group_std = ? WHERE id IN ({marks})",
+                         [n, mean, std, *ids])
+
+    def seed_group(self, root_id: int, limit: int = 100) -> list[dict]:
+        """The original run and its seed reruns, in id order."""
+        return list(self.db.query(
+            "SELECT * FROM experiments WHERE id = ? OR (rerun_of = ? AND rerun_kind = 'seed') ORDER BY id LIMIT ?",
+            [root_id, root_id, limit]))
+
+    def kept_experiments(self) -> list[dict]:
+        """Every run that became the best, in the order it did."""
+        return list(self.db.query("SELECT id, objective, objective_std, description FROM experiments WHERE kept = 1 "
+                                  "ORDER BY finished_at, id"))
+
+    def status_counts(self) -> dict[str, int]:
+        return dict(self.db.conn.execute("SELECT status, count(*) FROM experiments GROUP BY status").fetchall())
+
+    def finished_experiments(self, limit: int | None = None) -> list[dict]:
+        """Runs that ended (not queued or running), in id order; with limit, the latest `limit`."""
+        if limit is None:
+            return list(self.db.query("SELECT * FROM experiments WHERE status NOT IN ('queued', 'running') ORDER BY id"))
+        return list(self.db.query(
+            "SELECT * FROM (SELECT * FROM experiments WHERE status NOT IN ('queued', 'running') ORDER BY id DESC "
+            "LIMIT ?) ORDER BY id", [int(limit)]))
 
     def claim_next_queued(self, supervisor_pid: int) -> dict | None:
         """Atomically move the oldest queued experiment to running; None when the queue is empty."""
@@ -338,20 +391,157 @@ class Store:
             return conn.execute("INSERT INTO reverts (t, target, experiment_id, snapshot_commit, files) VALUES (?, ?, ?, ?, ?)",
                                 (time.time(), target, experiment_id, commit, json.dumps(files))).lastrowid
 
+    # -- integrity events (append-only) ----------------------------------------------------
+    def record_integrity_events(self, conn: sqlite3.Connection, experiment_id: int | None, events: list[dict]) -> None:
+        """Append denied accesses inside the caller's transaction (with the run's outcome)."""
+        conn.executemany("INSERT INTO integrity_events (t, experiment_id, kind, path, detail) VALUES (?, ?, ?, ?, ?)",
+                         [(time.time(), experiment_id, e["kind"], e["path"], e["detail"]) for e in events])
 
-_EXPERIMENT_COLUMNS = {
-    "id", "created_at", "started_at", "finished_at", "status", "verdict", "kept", "description", "hypothesis",
-    "snapshot_commit", "parent_id", "best_id_at_verdict", "config_json", "params_json", "objective",
-    "objective_std", "delta", "duration_s", "peak_memory_gb", "time_budget_s", "run_dir", "sandbox_backend",
-    "returncode", "supervisor_pid", "error", "verdict_reason",
-    "rerun_of", "rerun_kind", "group_n", "group_objective", "group_std",  # migration 3
-}
+    def integrity_events(self, experiment_id: int | None = None, limit: int = 100) -> list[dict]:
+        sql, args = "SELECT * FROM integrity_events", []
+        if experiment_id is not None:
+            sql, args = sql + " WHERE experiment_id = ?", [experiment_id]
+        return list(self.db.query(sql + " ORDER BY id DESC LIMIT ?", [*args, int(limit)]))
+
+    # -- held-out test evaluations ---------------------------------------------------------
+    def count_test_evaluations(self, experiment_id: int) -> int:
+        return self.db.conn.execute("SELECT count(*) FROM test_evaluations WHERE experiment_id = ? AND status = "
+                                    "'succeeded'", [experiment_id]).fetchone()[0]
+
+    def insert_test_evaluation(self, experiment_id: int, requested_by: str, commit: str) -> int:
+        with self.transaction() as conn:
+            return conn.execute(
+                "INSERT INTO test_evaluations (experiment_id, created_at, status, requested_by, snapshot_commit) "
+                "VALUES (?, ?, 'running', ?, ?)", (experiment_id, time.time(), requested_by, commit)).lastrowid
+
+    def update_test_evaluation(self, eval_id: int, **fields: Any) -> None:
+        self._check_columns("test_evaluations", fields)
+        if not fields:
+            return
+        with self.transaction() as conn:
+            conn.execute(f"UPDATE test_evaluations SET {', '.join(c + ' = ?' for c in fields)} WHERE id = ?",
+                         [*fields.values(), eval_id])
+
+    def get_test_evaluation(self, eval_id: int) -> dict | None:
+        rows = list(self.db.query("SELECT * FROM test_evaluations WHERE id = ?", [eval_id]))
+        return rows[0] if rows else None
+
+    def test_evaluations(self, limit: int = 50) -> list[dict]:
+        return list(self.db.query("SELECT * FROM test_evaluations ORDER BY id DESC LIMIT ?", [int(limit)]))
+
+    # -- HPO trials (the link between Optuna trials and experiments) --------------------------
+    def experiments_without_trial(self, study: str, limit: int = 1000) -> list[dict]:
+        """Experiments that are not reruns and not yet linked to a trial of `study`."""
+        return list(self.db.query(
+            "SELECT e.* FROM experiments e WHERE e.rerun_of IS NULL AND NOT EXISTS "
+            "(SELECT 1 FROM hpo_trials h WHERE h.experiment_id = e.id AND h.study = ?) ORDER BY e.id LIMIT ?",
+            [study, limit]))
+
+    def trials_in_state(self, study: str, state: str) -> list[dict]:
+        return list(self.db.query("SELECT * FROM hpo_trials WHERE study = ? AND state = ? ORDER BY id", [study, state]))
+
+    def running_trials_of_finished_runs(self, study: str) -> list[dict]:
+        marks = ", ".join("?" for _ in TERMINAL)
+        return list(self.db.query(
+            "SELECT h.id, h.trial_number, e.status, e.objective FROM hpo_trials h JOIN experiments e ON "
+            f"e.id = h.experiment_id WHERE h.study = ? AND h.state = 'running' AND e.status IN ({marks})",
+            [study, *TERMINAL]))
+
+    def insert_trial(self, study: str, number: int | None, experiment_id: int | None, source: str, params: dict,
+                     state: str, told: bool = False) -> int:
+        with self.transaction() as conn:
+            return conn.execute(
+                "INSERT INTO hpo_trials (created_at, study, trial_number, experiment_id, source, params_json, state, "
+                "told_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [time.time(), study, number, experiment_id, source, json.dumps(params), state,
+                 time.time() if told else None]).lastrowid
+
+    def link_trial(self, trial_row_id: int, experiment_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE hpo_trials SET experiment_id = ?, state = 'running' WHERE id = ?",
+                         [experiment_id, trial_row_id])
+
+    def set_trial_state(self, trial_row_id: int, state: str) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE hpo_trials SET state = ?, told_at = ? WHERE id = ?", [state, time.time(), trial_row_id])
+
+    def experiment_of_trial(self, study: str, number: int) -> int | None:
+        row = self.db.conn.execute("SELECT experiment_id FROM hpo_trials WHERE study = ? AND trial_number = ?",
+                                   [study, number]).fetchone()
+        return row[0] if row else None
+
+    # -- the full-text index (experiments_fts, derived) ----------------------------------------
+    def stale_search_rows(self) -> list[tuple]:
+        """(id, notes_max_id, indexed?, indexed diff) of experiments whose index row is missing or
+        predates their latest linked note."""
+        return self.db.conn.execute(
+            """WITH nm AS (SELECT experiment_id, max(id) AS m FROM notes
+                           WHERE experiment_id IS NOT NULL GROUP BY experiment_id)
+               SELECT e.id, coalesce(nm.m, 0), f.rowid IS NOT NULL, f.diff
+               FROM experiments e
+               LEFT JOIN nm ON nm.experiment_id = e.id
+               LEFT JOIN experiments_fts f ON f.rowid = e.id
+               WHERE f.rowid IS NULL OR coalesce(f.notes_max_id, 0) != coalesce(nm.m, 0)
+               ORDER BY e.id""").fetchall()
+
+    def note_texts(self, experiment_id: int) -> list[str]:
+        return [t for (t,) in self.db.conn.execute("SELECT text FROM notes WHERE experiment_id = ? ORDER BY id",
+                                                   [experiment_id])]
+
+    def replace_search_rows(self, rows: list[tuple]) -> None:
+        """rows: (id, description, hypothesis, notes, diff, notes_max_id)."""
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM experiments_fts WHERE rowid = ?", [(r[0],) for r in rows])
+            conn.executemany("INSERT INTO experiments_fts (rowid, description, hypothesis, notes, diff, notes_max_id) "
+                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
+
+    @staticmethod
+    def _search_filters(status: str | None, verdict: str | None) -> tuple[str, list]:
+        filters, args = "", []
+        if status:
+            filters, args = filters + " AND e.status = ?", [*args, status]
+        if verdict:
+            filters, args = filters + " AND e.verdict = ?", [*args, verdict]
+        return filters, args
+
+    def search_count(self, fts_query: str, status: str | None, verdict: str | None) -> int:
+        filters, args = self._search_filters(status, verdict)
+        return self.db.conn.execute(
+            f"SELECT count(*) FROM experiments_fts f JOIN experiments e ON e.id = f.rowid "
+            f"WHERE experiments_fts MATCH ?{filters}", [fts_query, *args]).fetchone()[0]
+
+    def search(self, fts_query: str, status: str | None, verdict: str | None, limit: int,
+               weights: tuple[float, ...]) -> list[tuple]:
+        """(id, status, verdict, objective, delta, kept, description, snippet), best bm25 first."""
+        filters, args = self._search_filters(status, verdict)
+        w = ", ".join(str(float(x)) for x in weights)
+        return self.db.conn.execute(
+            f"""SELECT e.id, e.status, e.verdict, e.objective, e.delta, e.kept, e.description,
+                       snippet(experiments_fts, -1, '[', ']', '…', 12)
+                FROM experiments_fts f JOIN experiments e ON e.id = f.rowid
+                WHERE experiments_fts MATCH ?{filters}
+                ORDER BY bm25(experiments_fts, {w}), e.id DESC LIMIT ?""", [fts_query, *args, limit]).fetchall()
+
+    def search_matched_columns(self, fts_query: str, ids: list[int]) -> dict[int, list[str]]:
+        """Which indexed fields hold the terms, per id (column names from the fixed list below)."""
+        out: dict[int, list[str]] = {}
+        if not ids:
+            return out
+        marks = ", ".join("?" for _ in ids)
+        for col in SEARCH_COLUMNS:
+            for (rowid,) in self.db.conn.execute(
+                    f"SELECT rowid FROM experiments_fts WHERE experiments_fts MATCH ? AND rowid IN ({marks})",
+                    [f"{col} : ({fts_query})", *ids]):
+                out.setdefault(rowid, []).append(col)
+        return out
+
+    def _check_columns(self, table: str, cols) -> None:
+        unknown = set(cols) - self._columns[table]
+        if unknown:
+            raise ValueError(f"unknown {table.rstrip('s').replace('_', ' ')} columns: {sorted(unknown)}")
 
 
-def _check_columns(cols) -> None:
-    unknown = set(cols) - _EXPERIMENT_COLUMNS
-    if unknown:
-        raise ValueError(f"unknown experiment columns: {sorted(unknown)}")
+SEARCH_COLUMNS = ("description", "hypothesis", "notes", "diff")  # the indexed fields of experiments_fts
 
 
 def _split_sql(script: str) -> list[str]:

@@ -63,29 +63,32 @@ class Workspace:
         return self.head()
 
     # -- snapshots -----------------------------------------------------------------------
-    def snapshot(self, message: str, contents: dict[str, bytes] | None = None) -> str:
+    def snapshot(self, message: str, contents: dict[str, bytes] | None = None, base: str | None = None) -> str:
         """Commit the current editable files on top of HEAD's tree; no branch or index moves.
-        `contents` replaces some files' bytes in the snapshot (not on disk). The commit is
-        reachable once set_experiment_ref names it."""
-        missing = [p for p in self.editable if not (self.root / p).is_file()]
-        if len(missing) == len(self.editable):
-            raise ToolError(f"none of the editable files exist ({', '.join(missing)}). "
-                            "Fix: restore them with revert('best') or check `editable` in autoresearch.toml.")
+        `contents` replaces some files' bytes in the snapshot (not on disk). With `base`, the
+        snapshot is that commit's tree with only `contents` replaced (a seed rerun of a snapshot),
+        and `base` is its parent. The commit is reachable once set_experiment_ref names it."""
+        if base is None:
+            missing = [p for p in self.editable if not (self.root / p).is_file()]
+            if len(missing) == len(self.editable):
+                raise ToolError(f"none of the editable files exist ({', '.join(missing)}). "
+                                "Fix: restore them with revert('best') or check `editable` in autoresearch.toml.")
         with tempfile.TemporaryDirectory() as tmp:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
-            head = self.head()
-            if head:
-                self.git("read-tree", head, env=env)
-            present = [p for p in self.editable if (self.root / p).is_file()]
-            gone = [p for p in self.editable if p not in present]
-            self.git("add", "-f", "--", *present, env=env)
+            parent = base or self.head()
+            if parent:
+                self.git("read-tree", parent, env=env)
+            if base is None:
+                present = [p for p in self.editable if (self.root / p).is_file()]
+                gone = [p for p in self.editable if p not in present]
+                self.git("add", "-f", "--", *present, env=env)
+                if gone and parent:
+                    self.git("rm", "-q", "--cached", "--ignore-unmatch", "--", *gone, env=env)
             for rel, data in (contents or {}).items():
                 blob = self.git("hash-object", "-w", "--stdin", input=data).strip()
                 self.git("update-index", "--add", "--cacheinfo", f"100644,{blob},{rel}", env=env)
-            if gone and head:
-                self.git("rm", "-q", "--cached", "--ignore-unmatch", "--", *gone, env=env)
             tree = self.git("write-tree", env=env).strip()
-        parents = ["-p", head] if head else []
+        parents = ["-p", parent] if parent else []
         return self.git("commit-tree", tree, *parents, "-m", message).strip()
 
     def set_experiment_ref(self, experiment_id: int, commit: str) -> None:
@@ -139,21 +142,3 @@ class Workspace:
         if len(out) > max_chars:
             out = out[:max_chars] + f"\n... diff truncated at {max_chars} characters ..."
         return out or "(no change in the editable files)"
-
-
-_CONSTANT = r"^{name}[ \t]*=[ \t]*(?P<value>[^#\n]*?)(?P<comment>[ \t]*#.*)?$"
-
-
-def apply_constants(text: str, params: dict) -> tuple[str, dict]:
-    """Write params into the module's top-level `NAME = value` lines (keeping their comments), so a
-    snapshot is the exact code that ran and revert('best') brings the tuned values back.
-    Returns the new text and the params that had no single such line (left to AR_PARAMS)."""
-    import re
-    left = {}
-    for name, value in params.items():
-        pattern = re.compile(_CONSTANT.format(name=re.escape(name)), re.MULTILINE)
-        if not re.fullmatch(r"[A-Z][A-Z0-9_]*", name) or len(pattern.findall(text)) != 1:
-            left[name] = value
-            continue
-        text = pattern.sub(lambda m: f"{name} = {value!r}{m.group('comment') or ''}", text)
-    return text, left

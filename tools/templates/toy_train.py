@@ -1,7 +1,8 @@
 """Toy experiment (preset `toy`): logistic regression on a fixed synthetic problem, numpy only.
 
 A seconds-long stand-in for the eCLIP template that honours the same contract (events.jsonl while
-running, metrics.json at the end, AR_PARAMS overrides), for smoke tests and trying the tools.
+running, metrics.json at the end), for smoke tests and trying the tools. Tuned values reach it
+written into the constants below (the product edits the snapshot, never the environment).
 """
 
 import json
@@ -19,15 +20,8 @@ FOLDS = 3           # k-fold protocol: the objective is averaged over folds, wit
 SEED = 0            # changes the initialisation and the data order, not the data
 SLEEP_PER_STEP = 0.0  # seconds; lets tests make a run last
 
-# ---------------------------------------------------------------------------- Overrides
 RUN_DIR = os.environ.get("AR_RUN_DIR", "run")
 os.makedirs(RUN_DIR, exist_ok=True)
-if os.environ.get("AR_PARAMS"):
-    overrides = json.load(open(os.environ["AR_PARAMS"]))
-    for key, value in overrides.items():
-        if key not in globals() or not key.isupper():
-            sys.exit(f"AR_PARAMS: unknown constant {key!r}")
-        globals()[key] = type(globals()[key])(value)
 
 # ---------------------------------------------------------------------------- Data (fixed)
 data_rng = np.random.default_rng(1234)

@@ -1,7 +1,6 @@
-"""CLI commands of issue 7: evaluate-test, rerun, reproduce, suggest, plot, export, integrity.
-
-`server.cli.build_parser` calls `add_commands`. Each command is audited as `cli:<name>`.
-"""
+"""CLI commands for research integrity and search: evaluate-test, rerun, reproduce, suggest, plot,
+export, integrity. `server.cli.build_parser` calls `add_commands`. Each command is audited as
+`cli:<name>`."""
 
 from __future__ import annotations
 
@@ -10,7 +9,11 @@ import sys
 import time
 from pathlib import Path
 
+from server.render import print_table
+from tools import experiments as ex
+from tools import hpo, plots, reproduce, reruns, testeval
 from tools.errors import ToolError
+from tools.lab import Lab
 
 
 def _audited(lab, name: str, arguments: dict, fn):
@@ -26,18 +29,16 @@ def _audited(lab, name: str, arguments: dict, fn):
 
 
 def _lab(args):
-    from tools.lab import Lab
     return Lab.open(Path(args.workspace))
 
 
 def cmd_evaluate_test(args) -> int:
-    from tools import integrity
     lab = _lab(args)
     print(f"evaluating experiment {args.id} once on the held-out test split (sandboxed) ...", file=sys.stderr)
     cancel = []
     try:
         r = _audited(lab, "evaluate-test", {"experiment_id": args.id, "again": args.again},
-                     lambda: integrity.evaluate_test(lab, args.id, requested_by="cli", again=args.again,
+                     lambda: testeval.evaluate_test(lab, args.id, requested_by="cli", again=args.again,
                                                      should_cancel=lambda: bool(cancel)))
     except KeyboardInterrupt:
         cancel.append(True)
@@ -57,15 +58,13 @@ def cmd_evaluate_test(args) -> int:
 
 
 def cmd_rerun(args) -> int:
-    from tools import experiments as ex
-    from tools import noise
     lab = _lab(args)
     root, ids = _audited(lab, "rerun", {"experiment_id": args.id, "seeds": args.seeds},
-                         lambda: noise.submit_reruns(lab, args.id, args.seeds))
+                         lambda: reruns.submit_reruns(lab, args.id, args.seeds))
     print(f"queued seed reruns {ids} of experiment {root}", file=sys.stderr)
     for i in ids:
         ex.wait_for(lab, i)
-    g = noise.group_summary(lab, root, ids)
+    g = reruns.group_summary(lab, root, ids)
     print(g.model_dump_json(indent=1) if args.json else
           f"group of experiment {root}: n={g.n} mean={g.mean} seed_std={g.seed_std} fold_std={g.fold_std} "
           f"std_of_mean={g.std_of_mean}\n  verdict {g.verdict}: {g.verdict_reason}")
@@ -73,8 +72,6 @@ def cmd_rerun(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from tools import experiments as ex
-    from tools import reproduce
     lab = _lab(args)
     new_id = _audited(lab, "reproduce", {"experiment_id": args.id},
                       lambda: reproduce.submit_reproduction(lab, args.id))
@@ -85,7 +82,6 @@ def cmd_reproduce(args) -> int:
 
 
 def cmd_suggest(args) -> int:
-    from tools import hpo
     lab = _lab(args)
     r = _audited(lab, "suggest", {"n": args.n}, lambda: hpo.suggest(lab, args.n))
     if args.json:
@@ -98,7 +94,6 @@ def cmd_suggest(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from tools import plots
     lab = _lab(args)
     png = _audited(lab, "plot", {"limit": args.limit}, lambda: plots.progress_png(lab, args.limit))
     out = args.output or str(lab.root / "progress.png")
@@ -108,7 +103,6 @@ def cmd_plot(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from tools import plots
     lab = _lab(args)
     if args.format != "tsv":
         raise ToolError(f"--format {args.format!r} is not supported. Fix: use --format tsv.")
@@ -123,15 +117,13 @@ def cmd_export(args) -> int:
 
 
 def cmd_integrity(args) -> int:
-    from server.cli import print_table
-    from tools import integrity
     lab = _lab(args)
-    rows = integrity.events(lab, limit=args.limit)
+    rows = lab.store.integrity_events(limit=args.limit)
     print(f"integrity events (denied accesses seen in run logs): {len(rows)}")
     print_table(["id", "time", "experiment", "kind", "path", "detail"],
                 [[r["id"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["t"])), r["experiment_id"], r["kind"],
                   (r["path"] or "")[:60], r["detail"]] for r in reversed(rows)])
-    tests = integrity.test_evaluations(lab, limit=args.limit)
+    tests = lab.store.test_evaluations(limit=args.limit)
     print(f"\ntest evaluations: {len(tests)}")
     print_table(["id", "time", "experiment", "by", "status", "objective", "commit"],
                 [[r["id"], time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["created_at"])), r["experiment_id"],

@@ -1,7 +1,6 @@
-"""MCP tools, resources and prompts for querying the past (issue 6). Registered on server.app.mcp.
-
-Thin functions over tools.search and tools.history; all read-only and bounded.
-"""
+"""Querying the past: search_experiments, compare_experiments, best_trajectory, the leaderboard
+resource and the resume prompt. Thin functions over tools.search and tools.history; all
+read-only and bounded; `register` adds them."""
 
 from __future__ import annotations
 
@@ -9,13 +8,14 @@ from typing import Annotated
 
 from pydantic import Field
 
-from server.app import READ_ONLY, _call, _read, mcp
+from mcp.server import MCPServer
+
+from server.calls import READ_ONLY, call, read_resource
 from tools import history, search
 from tools.schemas import Status
 
 
 # -- tools ---------------------------------------------------------------------------------
-@mcp.tool(annotations=READ_ONLY)
 async def search_experiments(
     query: search.Query,
     status: Status | None = None,
@@ -24,40 +24,43 @@ async def search_experiments(
 ) -> search.SearchPage:
     """Full-text search of past experiments: descriptions, hypotheses, their notes and code changes.
     Use it before trying an idea, to see whether it was tried and how it went."""
-    return await _call("search_experiments", {"query": query, "status": status, "verdict": verdict, "limit": limit},
+    return await call("search_experiments", {"query": query, "status": status, "verdict": verdict, "limit": limit},
                        lambda lab: search.search_experiments(lab, query, status, verdict, limit))
 
 
-@mcp.tool(annotations=READ_ONLY)
 async def compare_experiments(
     a: Annotated[int, Field(ge=1, le=10**9, description="the reference experiment, e.g. the best")],
     b: Annotated[int, Field(ge=1, le=10**9, description="the experiment to compare with a")],
 ) -> history.Comparison:
     """What separates two experiments: config changes, the code diff a -> b, and every metric's delta
     with its noise (std of both; |sigmas| < 2 is within the noise)."""
-    return await _call("compare_experiments", {"a": a, "b": b},
+    return await call("compare_experiments", {"a": a, "b": b},
                        lambda lab: history.compare_experiments(lab, a, b))
 
 
-@mcp.tool(annotations=READ_ONLY)
 async def best_trajectory(
     limit: Annotated[int, Field(ge=1, le=200, description="points to return (first and latest)")] = 30,
 ) -> history.Trajectory:
     """The best-so-far trajectory: each experiment that became the new best (noise-aware), in order,
     with its objective and the gain over the previous best."""
-    return await _call("best_trajectory", {"limit": limit}, lambda lab: history.best_trajectory(lab, limit))
+    return await call("best_trajectory", {"limit": limit}, lambda lab: history.best_trajectory(lab, limit))
 
 
 # -- resources -----------------------------------------------------------------------------
-@mcp.resource("leaderboard://top", mime_type="application/json")
 async def leaderboard_resource() -> str:
     """The 10 best successful experiments and the best-so-far trajectory."""
-    return await _read(lambda lab: history.leaderboard(lab).model_dump_json(indent=1))
+    return await read_resource(lambda lab: history.leaderboard(lab).model_dump_json(indent=1))
 
 
 # -- prompts -------------------------------------------------------------------------------
-@mcp.prompt()
 async def resume() -> str:
     """Pick the research loop up after a restart: where things stand, the best, the trajectory,
     the latest runs and notes, and what to do next."""
-    return await _read(history.resume_brief)
+    return await read_resource(history.resume_brief)
+
+
+def register(mcp: MCPServer) -> None:
+    for fn in (search_experiments, compare_experiments, best_trajectory):
+        mcp.add_tool(fn, annotations=READ_ONLY)
+    mcp.resource("leaderboard://top", mime_type="application/json")(leaderboard_resource)
+    mcp.prompt()(resume)
