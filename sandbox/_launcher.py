@@ -348,7 +348,11 @@ class ConnectBroker:
     def __init__(self, fd, roots):
         import threading
         self.fd = fd
-        self.roots = [os.path.realpath(r) for r in roots]
+        self.roots = []
+        for r in roots:  # as configured (TMPDIR uses that spelling) and resolved
+            for v in (os.path.normpath(r), os.path.realpath(r)):
+                if v not in self.roots:
+                    self.roots.append(v)
         self.allowed = 0
         self.denied = []
         self.lock = threading.Lock()
