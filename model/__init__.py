@@ -7,10 +7,14 @@ The torch code lives in submodules, which the template imports:
     model.odvg         ODVG JSONL records and dataset layouts (manifest or Ukiyo-eVG tree)
     model.data         tensors, the content-keyed cache, folds, batches          (torch)
     model.heatmaps     box heatmaps and patch coverage                           (torch)
-    model.eclip        open_clip towers, CLIP loss, the three expert variants    (torch)
-    model.eval         the fixed retrieval protocol                              (torch)
-    model.runtime      the child-run contract: env, params, events, metrics      (torch)
-    model.presets      presets and `render_template` (torch-free)
+    model.eclip        open_clip towers, encoders, the three expert variants     (torch)
+    model.constants    the `NAME = literal` parser / rewriter (torch-free)
+    model.presets      presets, `render_template`, `preset_folds` (torch-free)
+    model.tasks        per-fold task folders + keys, `python -m model.tasks build` (torch when building;
+                       outside the sandbox)
+    model.scoring      the trusted scorer: checks embeddings, the fixed protocol (numpy only)
+    model.eval         the protocol's old name (re-exports model.scoring)
+    model.runtime      the child-run contract: load_task, save_embeddings, events  (torch)
     model.prepare      `python -m model.prepare --data DIR`: dataset + cache, outside the sandbox
 """
 from pathlib import Path

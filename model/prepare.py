@@ -9,9 +9,9 @@
    annotations are, to hide them).
 3. Build the read-only tensor cache DIR/.cache/<fingerprint>-<size>px-v1.npz and the token
    cache for the preset's IMAGE_SIZE and CONTEXT_LENGTH (train + val only: the cache never
-   holds the test annotations, which sandboxed runs must not see). With `--cache-dir C` the
-   cache goes to C instead (a read-only data folder); runs then need AR_CACHE_DIR=C (the
-   product's supervisor does this with the workspace's `cache_dir`, see tools/datacache.py).
+   holds the test annotations). With `--cache-dir C` the cache goes to C instead (a read-only
+   data folder); `python -m model.tasks build --cache-dir C` then reads it when it builds the
+   per-fold task folders (sandboxed runs read only those, never the data folder or the cache).
    `--image-size` / `--context-length` override the preset's (a cache for what a run asks for);
    `--no-generate` refuses to generate synthetic prints where there is no dataset.
 Prints one JSON line at the end: {"data_dir", "name", "fingerprint", "cache": [...], "n_pairs"}.
