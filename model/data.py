@@ -27,6 +27,7 @@ import torch
 from PIL import Image
 
 from .odvg import DatasetLayout, ODVGError, Record, read_odvg, resolve_dataset
+from .synthprints import SynthConfig, ensure_dataset
 
 CACHE_VERSION = 1
 FOLD_SEED = 42          # the seed's fold shuffle seed; fixed so every run sees the same folds
@@ -44,7 +45,6 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None, log=print) -> tu
     if data_dir is None:
         data_dir = os.environ.get("AR_DATA_DIR") or None
     if data_dir is None:
-        from .synthprints import SynthConfig, ensure_dataset
         root = ensure_dataset(SynthConfig(), quiet=False)
         log(f"data: AR_DATA_DIR not set, using the default synthetic dataset {root}")
         return root, True

@@ -59,7 +59,7 @@ def prepare(data_dir, preset: str = "tiny", synthetic: str = "default", manifest
     if manifest and lay.kind != "manifest":
         log(f"prepare: wrote {write_manifest(root)}")
     p = get_preset(preset)
-    from .data import load_pairs  # torch from here on
+    from .data import load_pairs  # import-graph: heavy (torch, only when building)
     cdir = Path(cache_dir).expanduser() if cache_dir else lay.root / ".cache"
     data = load_pairs(image_size or p["IMAGE_SIZE"], context_length or p["CONTEXT_LENGTH"], data_dir=lay.root,
                       cache_dir=cdir, log=log)

@@ -164,7 +164,7 @@ def build_tasks(data_dir, cache_dir, *, image_size: int, context_length: int, nu
         log(f"tasks: {out} is complete, nothing to do")
         return meta
 
-    from .data import load_pairs, make_folds  # torch from here on
+    from .data import load_pairs, make_folds  # import-graph: heavy (torch, only when building)
     data = load_pairs(image_size, context_length, data_dir=data_dir, cache_dir=cache_dir, log=log)
     if split == "val":
         try:

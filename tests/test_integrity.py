@@ -147,17 +147,22 @@ def base_commit(lab, exp_id):
 
 # -- 2. guarded test split -------------------------------------------------------------------------
 TEST_AWARE = '''
-import json, os, sys
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import json, os
 SEED = 0
-run = os.environ["AR_RUN_DIR"]
+json.dump({"seed": SEED, "split": os.environ.get("AR_EVAL_SPLIT"), "sees_test": "AR_TEST_ANNOTATIONS" in os.environ},
+          open(os.path.join(os.environ["AR_RUN_DIR"], "out.json"), "w"))
+'''
+# the workspace's frozen scorer: the only code that reads the test annotations
+TEST_SCORER = '''
+import json, os
+out = json.load(open(os.path.join(os.environ["AR_OUTPUTS_DIR"], "out.json")))
+assert not out["sees_test"], "the training process saw the test annotations"
 if os.environ.get("AR_EVAL_SPLIT") == "test":
     rows = [json.loads(l) for l in open(os.environ["AR_TEST_ANNOTATIONS"])]
-    score = round(sum(r["v"] for r in rows), 9)  # the marker comes from the test data, not from this code
-    m = {"objective": score, "objective_std": 0.0, "n_test": len(rows), "test_" + "marker_metric": score}
-    json.dump(m, open(os.path.join(run, "test_metrics.json"), "w"))
+    score = round(sum(r["v"] for r in rows), 9)  # the marker comes from the test data, not from train.py
+    print(json.dumps({"objective": score, "objective_std": 0.0, "n_test": len(rows), "test_" + "marker_metric": score}))
 else:
-    json.dump({"objective": 0.5 + SEED / 1000, "objective_std": 0.01}, open(os.path.join(run, "metrics.json"), "w"))
+    print(json.dumps({"objective": 0.5 + out["seed"] / 1000, "objective_std": 0.01}))
 '''
 
 
@@ -173,6 +178,7 @@ def heldout_lab(toy_ws):
     text = text.replace('# test_annotations = "..."', 'test_annotations = "data/heldout/test.jsonl"')
     toml.write_text(text)
     (toy_ws / "train.py").write_text(TEST_AWARE)
+    (toy_ws / "score.py").write_text(TEST_SCORER)
     lab = Lab.open(toy_ws)
     assert lab.test_annotations() == toy_ws / "data/heldout/test.jsonl"
     yield lab

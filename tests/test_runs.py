@@ -107,14 +107,21 @@ def test_notes_round_trip(lab):
 
 
 def test_recover_records_finished_and_interrupts_dead_runs(lab):
-    # A run whose supervisor vanished after the child wrote metrics, and one that left nothing.
+    # A run whose supervisor vanished after the scorer ran, one that left nothing, and one whose
+    # only result is the run's own claim (metrics.json): that one is not a result.
     done = lab.store.insert_experiment(description="finished while no server was up", status="running",
                                        time_budget_s=10, supervisor_pid=999_999_999)
     dead = lab.store.insert_experiment(description="died mid-run", status="running", time_budget_s=10,
                                        supervisor_pid=999_999_998)
-    lab.run_dir(done).mkdir(parents=True)
-    (lab.run_dir(done) / "metrics.json").write_text(json.dumps({"objective": 0.5, "objective_std": 0.01}))
-    assert sorted(runs.recover(lab)) == [done, dead]
+    claim = lab.store.insert_experiment(description="claims a score", status="running", time_budget_s=10,
+                                        supervisor_pid=999_999_997)
+    lab.score_dir(done).mkdir(parents=True)
+    (lab.score_dir(done) / "stdout.log").write_text(json.dumps({"objective": 0.5, "objective_std": 0.01}) + "\n")
+    lab.run_dir(claim).mkdir(parents=True)
+    (lab.run_dir(claim) / "metrics.json").write_text(json.dumps({"objective": 0.0, "objective_std": 0.0}))
+    assert sorted(runs.recover(lab)) == [done, dead, claim]
+    row = lab.store.get_experiment(claim)
+    assert row["status"] == "interrupted" and row["objective"] is None and "scorer printed nothing" in row["error"]
     assert lab.store.get_experiment(done)["status"] == "succeeded"
     assert lab.store.get_experiment(done)["objective"] == 0.5
     row = lab.store.get_experiment(dead)

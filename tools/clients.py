@@ -27,7 +27,7 @@ PACKAGE_MANAGERS = ("pip", "pip3", "uv", "uvx", "pipx", "poetry", "conda", "mamb
 NETWORK_COMMANDS = ("curl", "wget", "ssh", "scp", "rsync", "nc", "git clone", "git fetch", "git pull", "git push")
 # Workspace files the agent must not change: the config, the DB and run dirs, the data, git, the
 # program and every client's config. (Edit rules cover Write/MultiEdit/NotebookEdit too.)
-PROTECTED = ("autoresearch.toml", ".autoresearch/**", "data/**", ".git/**", ".gitignore", "AGENTS.md", "CLAUDE.md",
+PROTECTED = ("autoresearch.toml", "score.py", ".autoresearch/**", "data/**", ".git/**", ".gitignore", "AGENTS.md", "CLAUDE.md",
              ".mcp.json", ".claude/**", ".codex/**", ".cursor/**", ".vscode/**", ".gemini/**")
 HARNESS_PACKAGES = ("model", "sandbox", "server", "tools")
 

@@ -74,6 +74,13 @@ class WorkspaceConfig(BaseModel):
     max_processes: int = Field(512, ge=8, le=100_000)
     concurrency: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field("auto", description="runs at a time; auto: one per GPU, 1 on CPU")
     gpus: list[int] | None = Field(None, description="GPU indices to hand out; None: every /dev/nvidiaN present")
+    folds: int = Field(1, ge=1, le=20, description="k of the fold protocol (the harness's, not train.py's): "
+                                                   "one sandboxed process per fold")
+    scorer: Literal["eclip"] | Annotated[list[str], Field(min_length=1, max_length=20)] = Field(
+        "eclip", description='"eclip": the harness scores the embeddings each fold hands back; or the argv of this '
+                             "workspace's own frozen scorer (e.g. [\"python\", \"score.py\"]), run in the sandbox "
+                             "after the run with the run's outputs read-only; it prints the objective as JSON")
+    scorer_timeout_s: float = Field(300.0, gt=0, le=3600)
     noise_sigma: float = Field(2.0, ge=0, le=10, description="improved only if better by this many sigma")
     keep_checkpoints: Literal["kept", "all", "none"] = "kept"
     search_space: dict[str, SearchParam] = Field(default_factory=dict, max_length=32,
@@ -94,6 +101,15 @@ class WorkspaceConfig(BaseModel):
                 raise ValueError(f"search_space key {name!r} must name an UPPERCASE constant of train.py "
                                  "(not SEED: seeds are for rerun_experiment)")
         return space
+
+    @model_validator(mode="after")
+    def _scorer_is_frozen(self) -> "WorkspaceConfig":
+        if isinstance(self.scorer, list):
+            mine = [a for a in self.scorer[1:] if a in self.editable]
+            if mine:
+                raise ValueError(f"scorer {self.scorer} runs {mine[0]}, which is in `editable`: the agent could "
+                                 "write its own score. Fix: keep the scorer's files out of `editable`")
+        return self
 
     @field_validator("editable")
     @classmethod
@@ -136,15 +152,21 @@ def load_config(root: Path) -> WorkspaceConfig:
         raise ToolError(f"{path} is invalid: {problems}. Fix those fields and retry.") from exc
 
 
+def _toml_value(v) -> str:
+    return "[" + ", ".join(f'"{a}"' for a in v) + "]" if isinstance(v, list) else f'"{v}"'
+
+
 def render_config(*, name: str, data: str, test_annotations: str | None, time_budget_s: float,
-                  search_space_toml: str = "") -> str:
+                  folds: int = 1, scorer: str | list[str] = "eclip", search_space_toml: str = "") -> str:
     """The autoresearch.toml that `init` writes (commented, for people)."""
     test_line = f'test_annotations = "{test_annotations}"' if test_annotations else "# test_annotations = \"...\""
     return f'''# eclip-autoresearch workspace. Humans edit this file; the agent may not (see .claude/settings.json).
 name = "{name}"
 editable = ["train.py"]            # the only files the agent edits; snapshotted per experiment
 command = ["python", "train.py"]   # 'python' = the interpreter autoresearch is installed in
-objective = "objective"            # key in metrics.json (train.py writes mean_rank there)
+objective = "objective"            # the key of the scorer's result that is optimised
+scorer = {_toml_value(scorer)}{" " * max(1, 18 - len(_toml_value(scorer)))}# "eclip": the harness scores each fold's embeddings; or your own frozen scorer's argv
+folds = {folds}                          # k of the fold protocol: one sandboxed process per fold (train.py cannot change it)
 direction = "minimize"
 time_budget_s = {time_budget_s:g}            # default training budget per experiment
 max_time_budget_s = 3600

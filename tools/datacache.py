@@ -1,19 +1,20 @@
-"""The tensor cache runs read: warmed by trusted code before a run, read-only inside it.
+"""The data a run trains and is scored on, prepared by trusted code before it starts.
 
-A run's data load is near instant only when the uint8 cache for its IMAGE_SIZE and CONTEXT_LENGTH
-exists (model/data.py). Runs may not write it: a run that could would poison what later runs train
-and are validated on. So before launching a run whose snapshot asks for a size that has no cache
-yet, the supervisor builds it outside the sandbox with the installed harness
-(`python -P -m model.prepare --no-generate --cache-dir C ...`), taking only two bounded integers from
-the snapshot's train.py. A marker per (size, context length, annotation files' size and mtime)
-skips the child once the cache is warm. The build's time is not charged to the run's budget.
+For the eCLIP scorer the supervisor builds, outside the sandbox with the installed harness
+(`python -P -m model.tasks build ...`), one task folder per fold of the workspace's protocol at
+the snapshot's IMAGE_SIZE / CONTEXT_LENGTH: the fold's training pairs and its eval pool as
+images and captions in two secret orders, with the pairing (key.npz) kept apart. Only two bounded
+integers are taken from the snapshot. A build is reused by every later run with the same sizes,
+folds and annotation files (size and mtime); it also fills the tensor cache (`cache_dir`) that
+makes it fast. Runs see only their own fold's task folder, read-only; the dataset, the cache, the
+other folds and the keys are hidden. The build's time is not charged to the run's budget.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
-import re
 import subprocess
 import sys
 import time
@@ -27,7 +28,6 @@ from tools.lab import Lab
 CACHE_SUBDIR = "cache"
 MAX_TRAIN_PY_BYTES = 1_000_000
 BUILD_TIMEOUT_S = 3600.0
-_FINGERPRINT = re.compile(r"[0-9a-f]{8,64}")  # model.data.fingerprint: hex
 
 
 def cache_dir(lab: Lab) -> Path:
@@ -62,61 +62,81 @@ def _signature(data: Path) -> dict | None:
         return None
 
 
-def warm(lab: Lab, code_dir: Path, log_path: Path, should_cancel=lambda: False, on_build=lambda line: None) -> str:
-    """Make sure the cache for this snapshot's sizes exists; one line saying what happened."""
+TASKS_SUBDIR = "tasks"
+
+
+def tasks_root(lab: Lab) -> Path:
+    """Where the per-fold task folders live (hidden from every run but for its own fold's task/)."""
+    return lab.state_dir / TASKS_SUBDIR
+
+
+def _build_dir(lab: Lab, sizes: tuple[int, int], split: str, sig: dict) -> Path:
+    folds = lab.config.folds if split == "val" else 1
+    digest = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
+    return tasks_root(lab) / f"{split}-{sizes[0]}px-tok{sizes[1]}-k{folds}-{digest}"
+
+
+def _task_signature(lab: Lab, split: str) -> dict | None:
     data = lab.data_dir()
-    if data is None or not lab.config.warm_cache:
-        return "skipped (no dataset)" if data is None else "skipped (warm_cache = false)"
-    sizes = requested_sizes(code_dir / "train.py")
-    if sizes is None:
-        return "skipped (train.py sets no literal IMAGE_SIZE and CONTEXT_LENGTH)"
-    sig = _signature(data)
+    sig = _signature(data) if data is not None else None
+    if sig is not None and split == "test":
+        test = lab.test_annotations()
+        if test is None or not test.is_file():
+            return None
+        st = test.stat()
+        sig[str(test)] = [st.st_size, st.st_mtime_ns]
+    return sig
+
+
+def built_tasks(lab: Lab, sizes: tuple[int, int], *, split: str = "val") -> Path | None:
+    """The complete task build for these sizes (None when there is none): the scorer's keys."""
+    sig = _task_signature(lab, split)
+    out = _build_dir(lab, sizes, split, sig) if sig is not None else None
+    return out if out is not None and (out / "tasks.json").is_file() else None
+
+
+def ensure_tasks(lab: Lab, sizes: tuple[int, int], *, split: str, log_path: Path, should_cancel=lambda: False,
+                 on_build=lambda line: None) -> tuple[Path | None, str]:
+    """The task build for these sizes, the workspace's folds and `split` (built if missing);
+    (its folder or None, one line saying what happened)."""
+    data = lab.data_dir()
+    if data is None:
+        return None, "no dataset: `data` is unset in autoresearch.toml"
+    test = lab.test_annotations() if split == "test" else None
+    if split == "test" and (test is None or not test.is_file()):
+        return None, f"no test annotations ({test or 'test_annotations is unset'})"
+    sig = _task_signature(lab, split)
     if sig is None:
-        return "skipped (no dataset layout under data)"
+        return None, f"no dataset layout under {data}"
+    folds = lab.config.folds if split == "val" else 1
+    out = _build_dir(lab, sizes, split, sig)
+    what = f"{sizes[0]} px, context {sizes[1]}, {folds} fold(s), {split}"
+    if (out / "tasks.json").is_file():
+        return out, f"ready ({what})"
     cdir = cache_dir(lab)
     cdir.mkdir(parents=True, exist_ok=True)
-    marker = cdir / f"warm-{sizes[0]}px-tok{sizes[1]}.json"
-    with open(cdir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # two supervisors warming one size build it once
-        if _is_warm(marker, sig, sizes, [data / ".cache", cdir]):
-            return f"warm ({sizes[0]} px, context {sizes[1]})"
-        on_build(f"building the data cache ({sizes[0]} px, context {sizes[1]}) before the run starts")
+    tasks_root(lab).mkdir(parents=True, exist_ok=True)
+    with open(tasks_root(lab) / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two supervisors asking for one build make it once
+        if (out / "tasks.json").is_file():
+            return out, f"ready ({what})"
+        on_build(f"building the tasks ({what}) before the run starts")
         t0 = time.monotonic()
-        argv = [sys.executable, "-P", "-m", "model.prepare", "--data", str(data), "--no-generate",
-                "--cache-dir", str(cdir), "--image-size", str(sizes[0]), "--context-length", str(sizes[1])]
-        info_path = log_path.with_name(log_path.name + ".json")
-        with open(log_path, "ab") as err, open(info_path, "wb") as out:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=str(cdir),
+        argv = [sys.executable, "-P", "-m", "model.tasks", "build", "--data", str(data), "--cache-dir", str(cdir),
+                "--image-size", str(sizes[0]), "--context-length", str(sizes[1]), "--folds", str(folds),
+                "--split", split, "--out", str(out)]
+        if test is not None:
+            argv += ["--test-annotations", str(test)]
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=str(cdir),
                                     start_new_session=True)
             while proc.poll() is None:
                 if should_cancel() or time.monotonic() - t0 > BUILD_TIMEOUT_S:
                     proc.kill()
                     proc.wait()
-                    return "not built (cancelled or over time); the run loads the data uncached"
+                    return None, "not built (cancelled or over time)"
                 time.sleep(0.2)
-        try:
-            fingerprint = json.loads(info_path.read_text().strip().splitlines()[-1])["fingerprint"]
-        except (OSError, ValueError, IndexError, KeyError, TypeError):
-            fingerprint = None
-        if proc.returncode != 0 or not _is_fingerprint(fingerprint):
-            return f"not built (model.prepare exit {proc.returncode}, see {log_path.name}); the run loads uncached"
-        marker.write_text(json.dumps({"signature": sig, "fingerprint": fingerprint}))
-        return f"built ({sizes[0]} px, context {sizes[1]}) in {time.monotonic() - t0:.1f} s"
-
-
-def _is_warm(marker: Path, sig: dict, sizes: tuple[int, int], dirs: list[Path]) -> bool:
-    """The marker matches the annotations and both cache files are still there."""
-    try:
-        m = json.loads(marker.read_text())
-        fp = m["fingerprint"]
-        if m["signature"] != sig or not _is_fingerprint(fp):
-            return False
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    names = [f"{fp}-{sizes[0]}px-", f"{fp}-tok{sizes[1]}-"]
-    return all(any(next(d.glob(n + "v*.npz"), None) for d in dirs if d.is_dir()) for n in names)
-
-
-def _is_fingerprint(value) -> bool:
-    """A cache fingerprint as model.prepare prints it (hex; it becomes part of a glob)."""
-    return isinstance(value, str) and _FINGERPRINT.fullmatch(value) is not None
+        if proc.returncode != 0 or not (out / "tasks.json").is_file():
+            tail = log_path.read_bytes()[-600:].decode(errors="replace").strip().splitlines()
+            return None, f"not built (model.tasks exit {proc.returncode}: {tail[-1] if tail else 'no output'})"
+        return out, f"built ({what}) in {time.monotonic() - t0:.1f} s"

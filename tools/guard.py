@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tools.datacache import cache_dir
 from tools.lab import Lab, harness_dir
-from tools.rundir import read_tail
+from tools.rundir import fold_dirs, read_tail
 
 TEST_RUNS = "test_runs"
 MAX_EVENTS_PER_RUN = 20
@@ -65,10 +65,12 @@ def classify(lab: Lab, path: str, code_dir: Path) -> str:
 
 
 def denied_accesses(lab: Lab, run_dir: Path) -> list[dict]:
-    """Denied file accesses reported in the run's logs (stderr, then stdout; the last 256 KB of each)."""
+    """Denied file accesses reported in the run's logs (each process's stderr, then stdout; the last
+    256 KB of each)."""
     found, seen = [], set()
-    for name in ("stderr.log", "stdout.log"):
-        text = read_tail(Path(run_dir) / name, LOG_SCAN_BYTES).decode(errors="replace")
+    logs = [d / name for d in [Path(run_dir), *fold_dirs(run_dir)] for name in ("stderr.log", "stdout.log")]
+    for log in logs:
+        text = read_tail(log, LOG_SCAN_BYTES).decode(errors="replace")
         for m in _DENIED.finditer(text):
             errno_, what, path = m.groups()
             if path in seen:

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 from model.odvg import ODVGError, resolve_dataset  # torch-free
-from model.presets import list_presets, render_template
+from model.presets import list_presets, preset_folds, render_template
 from tools import clients
 from tools.hpo import default_search_space, search_space_toml
 from tools.config import CONFIG_NAME, STATE_DIR, render_config
@@ -18,6 +18,7 @@ from tools.workspace import Workspace
 
 TEMPLATES = Path(__file__).parent / "templates"
 TOY = "toy"
+TOY_SCORER = "score.py"
 DATA_DIR = "data/synthetic-prints"
 
 
@@ -94,9 +95,12 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
     budget = time_budget_s or {TOY: 10, "tiny": 100, "replay": 120}.get(preset, 900)  # the templates' own TIME_BUDGET
 
     (root / "train.py").write_text(train_py)
-    (root / CONFIG_NAME).write_text(render_config(name=root.name, data=data or "", test_annotations=test_annotations,
-                                                  time_budget_s=budget,
-                                                  search_space_toml=search_space_toml(default_search_space(preset))))
+    if preset == TOY:  # the toy's own frozen scorer: the harness never takes a score from train.py
+        (root / TOY_SCORER).write_text((TEMPLATES / "toy_score.py").read_text())
+    (root / CONFIG_NAME).write_text(render_config(
+        name=root.name, data=data or "", test_annotations=test_annotations, time_budget_s=budget,
+        folds=3 if preset == TOY else preset_folds(preset), scorer=["python", TOY_SCORER] if preset == TOY else "eclip",
+        search_space_toml=search_space_toml(default_search_space(preset))))
     if not data:  # toy: no dataset
         text = (root / CONFIG_NAME).read_text().replace('data = ""', '# data = "path/to/dataset"')
         (root / CONFIG_NAME).write_text(text)

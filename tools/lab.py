@@ -63,6 +63,10 @@ class Lab:
     def run_dir(self, experiment_id: int) -> Path:
         return self.state_dir / "runs" / str(experiment_id)
 
+    def score_dir(self, experiment_id: int) -> Path:
+        """Where the workspace scorer of a run writes (outside the run dir: the run cannot write it)."""
+        return self.state_dir / "scores" / str(experiment_id)
+
     def resolve(self, path: str) -> Path:
         p = Path(path).expanduser()
         return p if p.is_absolute() else (self.root / p)
@@ -85,6 +89,14 @@ class Lab:
         if argv[0] in ("python", "python3"):
             argv[0] = sys.executable
         return argv
+
+
+    def scorer_argv(self) -> list[str]:
+        """The workspace scorer's argv: 'python' is this interpreter, workspace files are absolute."""
+        argv = list(self.config.scorer)
+        if argv[0] in ("python", "python3"):
+            argv[0] = sys.executable
+        return [a if i == 0 or not (self.root / a).is_file() else str(self.root / a) for i, a in enumerate(argv)]
 
 
 def harness_dir() -> Path | None:

@@ -11,44 +11,81 @@ from pathlib import Path
 from sandbox import Limits, SandboxPolicy, launch
 
 from tools.config import gpu_slots
-from tools.datacache import cache_dir
-from tools.guard import hidden_for_agent_runs
+from tools.datacache import cache_dir, tasks_root
+from tools.guard import TEST_RUNS, hidden_for_agent_runs
 from tools.lab import Lab, harness_dir
 
 BACKEND_FLOOR = {"auto": "none", "none": "none", "landlock": "landlock", "bwrap": "bwrap", "strict": "bwrap"}
 
 
-def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int = 0) -> SandboxPolicy:
-    """The SandboxPolicy of one experiment: the single place that decides what a run may touch."""
+def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int = 0, *,
+                   task_dir: Path | None = None, fold: int | None = None, budget_s: float | None = None,
+                   argv: list[str] | None = None, outputs_dir: Path | None = None,
+                   split: str = "val") -> SandboxPolicy:
+    """The SandboxPolicy of one process of an experiment: the single place that decides what a run
+    may touch. `run_dir` is the only writable folder.
+
+    - An eCLIP fold (`task_dir`): reads its own fold's task folder only; the dataset, the tensor
+      cache, the other folds and the keys are hidden, so no pairing of its eval pool is readable.
+    - A workspace-scored run: reads the dataset (without the held-out split) read-only.
+    - The workspace scorer (`argv`, `outputs_dir`): reads the run's outputs read-only.
+    """
     cfg = lab.config
-    budget = float(exp["time_budget_s"] or cfg.time_budget_s)
+    budget = float(budget_s if budget_s is not None else (exp["time_budget_s"] or cfg.time_budget_s))
     env = {"AR_RUN_DIR": str(run_dir), "AR_TIME_BUDGET_S": f"{budget:g}", "AR_EXPERIMENT_ID": str(exp["id"]),
-           "AR_EVAL_SPLIT": "val", "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+           "AR_NUM_FOLDS": str(cfg.folds), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     read_only = [code_dir]
+    hidden = [lab.root / ".git", lab.store.path, Path(str(lab.store.path) + "-wal"), Path(str(lab.store.path) + "-shm")]
+    hidden += hidden_for_agent_runs(lab)  # the held-out split (its heldout/ folder) and the test runs
+    if split == "test":  # a test evaluation's own folder lives among the test runs
+        hidden = [h for h in hidden if h != lab.state_dir / TEST_RUNS]
     data = lab.data_dir()
-    if data is not None:
-        env["AR_DATA_DIR"] = str(data)
-        read_only.append(data)
+    if task_dir is not None:
+        env.update(AR_TASK_DIR=str(task_dir), AR_FOLD=str(fold or 0))
+        read_only.append(task_dir)
+        hidden += [p for p in (data, cache_dir(lab)) if p is not None]
+        hidden += _around(task_dir, tasks_root(lab))
+    else:
+        env["AR_EVAL_SPLIT"] = split
+        if data is not None:
+            env["AR_DATA_DIR"] = str(data)
+            read_only.append(data)
+        cache = cache_dir(lab)
+        if data is not None and cache.is_dir():  # built by trusted code; read-only for runs
+            env["AR_CACHE_DIR"] = str(cache)
+            read_only.append(cache)
+        hidden.append(tasks_root(lab))
+    if outputs_dir is not None:
+        env["AR_OUTPUTS_DIR"] = str(outputs_dir)
+        read_only.append(outputs_dir)
+    if argv is not None:  # the workspace scorer's own files (its script), read-only
+        read_only += [Path(a) for a in argv[1:] if Path(a).is_absolute() and Path(a).is_file()]
     harness = harness_dir()
     if harness is not None:
         read_only.append(harness)
     read_only += [lab.resolve(p) for p in cfg.read_only]
-    cache = cache_dir(lab)
-    if data is not None and cache.is_dir():  # built by trusted code; read-only for runs
-        env["AR_CACHE_DIR"] = str(cache)
-        read_only.append(cache)
-    hidden = [lab.root / ".git", lab.store.path, Path(str(lab.store.path) + "-wal"), Path(str(lab.store.path) + "-shm")]
-    hidden += hidden_for_agent_runs(lab)  # the held-out split (its heldout/ folder) and the test runs
     limits = Limits(wall_seconds=budget + cfg.timeout_grace_s, max_processes=cfg.max_processes,
                     memory_bytes=int(cfg.memory_limit_gb * 2**30) if cfg.memory_limit_gb else None)
     gpus = gpu_slots(cfg)
     gpu = False
-    if gpus:  # each slot owns one GPU: its device node only, and CUDA_VISIBLE_DEVICES to match
+    if gpus and argv is None:  # each slot owns one GPU: its device node only, and CUDA_VISIBLE_DEVICES to match
         gpu = [gpus[slot % len(gpus)]]
         env["CUDA_VISIBLE_DEVICES"] = str(gpu[0])
-    return SandboxPolicy(argv=lab.command_argv(), cwd=code_dir, run_dir=run_dir, read_only=read_only,
+    return SandboxPolicy(argv=argv or lab.command_argv(), cwd=code_dir, run_dir=run_dir, read_only=read_only,
                          hidden=[h for h in hidden if h.exists()], env=env, network=cfg.network, limits=limits,
                          gpu=gpu, min_backend=BACKEND_FLOOR[cfg.sandbox])
+
+
+def _around(task_dir: Path, root: Path) -> list[Path]:
+    """Everything under the tasks root but `task_dir` itself: other builds, other folds, every key.
+    (Hidden one by one, not as the root: a masked parent would make the task folder untraversable.)"""
+    out, keep = [], Path(task_dir)
+    for level in [root, *reversed(keep.relative_to(root).parents[:-1])]:
+        here = level if level == root else root / level
+        for child in here.iterdir() if here.is_dir() else []:
+            if child != keep and child not in keep.parents and not child.name.startswith(".lock"):
+                out.append(child)
+    return out
 
 
 def launch_sandboxed(lab: Lab, policy: SandboxPolicy):

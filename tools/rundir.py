@@ -142,15 +142,40 @@ def _events(data: bytes):
             yield ev
 
 
+def fold_dirs(run_dir: Path) -> list[Path]:
+    """The per-fold folders of an eCLIP run (fold-0, fold-1, ...), in fold order; [] for other runs."""
+    out = []
+    k = 0
+    while (d := Path(run_dir) / f"fold-{k}").is_dir() and not d.is_symlink():
+        out.append(d)
+        k += 1
+    return out
+
+
 def latest_progress(run_dir: Path) -> Progress:
-    """The last progress line of events.jsonl, read from the file's end (cheap on long runs)."""
-    data = read_tail(Path(run_dir) / "events.jsonl", EVENTS_TAIL_BYTES)
-    last = Progress()
+    """The last progress line of the latest process's events.jsonl, read from the file's end."""
+    folds = fold_dirs(run_dir)
+    where = folds[-1] if folds else Path(run_dir)
+    data = read_tail(where / "events.jsonl", EVENTS_TAIL_BYTES)
+    last = Progress(fold=len(folds) - 1 if folds else None)
     for ev in _events(data):
         if (step := integer(ev.get("step"))) is not None:
             last = Progress(step=step, loss=number(ev.get("loss")), elapsed=number(ev.get("elapsed")),
-                            fold=integer(ev.get("fold")))
+                            fold=len(folds) - 1 if folds else integer(ev.get("fold")))
     return last
+
+
+def read_all_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
+    """The loss curve of a run: its folds one after the other (steps offset by the folds before)."""
+    folds = fold_dirs(run_dir)
+    if not folds:
+        return read_steps(run_dir)
+    rows, offset = [], 0
+    for d in folds:
+        part = read_steps(d)
+        rows += [(offset + step, t, loss) for step, t, loss in part]
+        offset += max((step for step, _, _ in part), default=0)
+    return rows[:: max(1, math.ceil(len(rows) / MAX_STORED_STEPS))]
 
 
 def read_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
@@ -166,11 +191,13 @@ def read_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
 
 # -- logs and small status files ----------------------------------------------------------------
 def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> str:
-    """The last lines of stderr (tracebacks live there), else of stdout."""
-    for name in ("stderr.log", "stdout.log"):
-        text = read_tail(Path(run_dir) / name, LOG_TAIL_BYTES).decode(errors="replace")
-        if text.strip():
-            return "\n".join(text.rstrip().splitlines()[-lines:])
+    """The last lines of stderr (tracebacks live there), else of stdout, of the latest process
+    (the last fold's folder of an eCLIP run)."""
+    for where in [*reversed(fold_dirs(run_dir)), Path(run_dir)]:
+        for name in ("stderr.log", "stdout.log"):
+            text = read_tail(where / name, LOG_TAIL_BYTES).decode(errors="replace")
+            if text.strip():
+                return "\n".join(text.rstrip().splitlines()[-lines:])
     return ""
 
 

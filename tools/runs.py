@@ -11,11 +11,13 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import signal
 import stat
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sandbox import SandboxUnavailable
@@ -26,8 +28,9 @@ from tools.lab import Lab
 from tools.launch import launch_sandboxed, sandbox_policy, wait_sandboxed
 from tools.params import bake
 from tools.provenance import main_file, provenance
-from tools.rundir import (log_tail, metric_rows, number, read_cache_status, read_metrics, read_steps, text_facts,
-                          write_cache_status)
+from tools.rundir import (fold_dirs, log_tail, metric_rows, number, read_all_steps, read_cache_status, read_metrics,
+                          text_facts, write_cache_status)
+from tools.scoring import ScoreError, extras, parse_command_score, score_eclip
 from tools.verdict import verdict_fields
 from tools.workspace import BEST_REF
 
@@ -101,8 +104,18 @@ def ensure_supervisor(lab: Lab) -> None:
 
 
 # -- running one experiment (inside the supervisor) ----------------------------------------
+@dataclass
+class Outcome:
+    """How the sandboxed processes of one run ended, before the scorer looks at them."""
+    status: str = "succeeded"
+    error: str | None = None
+    result: object | None = None        # the last SandboxResult
+    wall_seconds: float = 0.0
+    peak_memory_bytes: int = 0
+
+
 def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
-    """Run one claimed experiment to its end and record it. `should_cancel()` is polled."""
+    """Run one claimed experiment to its end, score it, record it. `should_cancel()` is polled."""
     exp_id = exp["id"]
     run_dir = lab.run_dir(exp_id)
     code_dir = run_dir / "code"
@@ -110,99 +123,210 @@ def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
     try:
         lab.workspace.set_experiment_ref(exp_id, exp["snapshot_commit"])  # idempotent; see submit
         lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
-        _warm_data_cache(lab, code_dir, run_dir, should_cancel)
         try:
-            proc = launch_sandboxed(lab, sandbox_policy(lab, exp, run_dir, code_dir, slot))
+            if lab.config.scorer == "eclip":
+                outcome = _run_folds(lab, exp, run_dir, code_dir, should_cancel, slot)
+            else:
+                outcome = _run_sandboxed(lab, exp, run_dir, code_dir, should_cancel, slot)
         except SandboxUnavailable as exc:
             record(lab, exp_id, status="failed", error=f"sandbox refused: {exc}")
             return
-        lab.store.update_experiment(exp_id, sandbox_backend=proc.backend)
-        record_from_run_dir(lab, exp_id, result=wait_sandboxed(proc, should_cancel))
+        record_from_run_dir(lab, exp_id, outcome=outcome)
     except Exception as exc:  # never leave a claimed run in 'running'
         record(lab, exp_id, status="failed", error=f"supervisor error: {type(exc).__name__}: {exc}")
         raise
 
 
-def _warm_data_cache(lab: Lab, code_dir: Path, run_dir: Path, should_cancel) -> None:
-    """Build the tensor cache this snapshot asks for (tools/datacache.py); never fails the run."""
-    try:
-        line = datacache.warm(lab, code_dir, run_dir / "cache.log", should_cancel,
-                              on_build=lambda text: write_cache_status(run_dir, text))  # experiment_status shows it
-    except Exception as exc:  # a cache is an optimisation: the run loads its data uncached
-        line = f"not built ({type(exc).__name__}: {exc}); the run loads uncached"
+def wait_run(lab: Lab, exp_id: int | None, policy, should_cancel, outcome: Outcome, what: str) -> bool:
+    """Start one sandboxed process and wait for it; False (with outcome's status set) if it did not succeed."""
+    proc = launch_sandboxed(lab, policy)
+    if exp_id is not None:
+        lab.store.update_experiment(exp_id, sandbox_backend=proc.backend)
+    result = wait_sandboxed(proc, should_cancel)
+    outcome.result = result
+    outcome.wall_seconds += result.wall_seconds or 0.0
+    outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, result.peak_memory_bytes or 0)
+    if result.status == "timeout":
+        outcome.status, outcome.error = "timeout", f"{what}: killed after {result.wall_seconds:.0f} s (budget + grace)"
+    elif result.status == "cancelled":
+        outcome.status, outcome.error = "cancelled", "cancelled on request"
+    elif result.status == "memory":
+        outcome.status, outcome.error = "failed", f"{what}: killed: over the memory limit"
+    elif result.status == "error" or result.returncode != 0:
+        outcome.status, outcome.error = "failed", f"{what}: exit code {result.returncode}"
+    return outcome.status == "succeeded"
+
+
+def _run_folds(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, should_cancel, slot: int) -> Outcome:
+    """eCLIP: one sandboxed process per fold, each seeing only its fold's task folder."""
+    outcome = Outcome()
+    tasks, problem = prepare_tasks(lab, code_dir, run_dir, should_cancel)
+    if tasks is None:
+        outcome.status, outcome.error = "failed", problem
+        return outcome
+    folds = lab.config.folds
+    share = float(exp["time_budget_s"] or lab.config.time_budget_s) / folds
+    for k in range(folds):
+        fold_dir = run_dir / f"fold-{k}"
+        fold_dir.mkdir(exist_ok=True)
+        policy = sandbox_policy(lab, exp, fold_dir, code_dir, slot, task_dir=tasks / f"fold-{k}" / "task", fold=k,
+                                budget_s=share)
+        if not wait_run(lab, exp["id"], policy, should_cancel, outcome, f"fold {k}" if folds > 1 else "the run"):
+            break
+    return outcome
+
+
+def prepare_tasks(lab: Lab, code_dir: Path, run_dir: Path, should_cancel, split: str = "val"):
+    """(the task build this snapshot needs, None) or (None, why not); experiment_status shows the progress."""
+    script = main_file(lab) or "train.py"
+    sizes = datacache.requested_sizes(code_dir / script)
+    if sizes is None:
+        return None, (f"{script} must set IMAGE_SIZE and CONTEXT_LENGTH as integer literals at the top "
+                      "(the harness builds each fold's data at that size before the run). Fix: e.g. IMAGE_SIZE = 64, "
+                      "CONTEXT_LENGTH = 48")
+    tasks, line = datacache.ensure_tasks(lab, sizes, split=split, log_path=run_dir / "tasks.log",
+                                         should_cancel=should_cancel,
+                                         on_build=lambda text: write_cache_status(run_dir, text))
     write_cache_status(run_dir, line)
+    return tasks, (None if tasks is not None else f"the harness could not prepare the data: {line}")
+
+
+def _run_sandboxed(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, should_cancel, slot: int) -> Outcome:
+    """A workspace with its own scorer: the command once in the sandbox, then the scorer over its outputs."""
+    outcome = Outcome()
+    if wait_run(lab, exp["id"], sandbox_policy(lab, exp, run_dir, code_dir, slot), should_cancel, outcome, "the run"):
+        run_command_scorer(lab, exp, run_dir, code_dir, should_cancel, outcome)
+    return outcome
+
+
+def run_command_scorer(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, should_cancel, outcome: Outcome,
+                        split: str = "val", policy_edit=None) -> Path:
+    """Run the workspace scorer over the run's outputs; returns the folder it wrote (its stdout.log)."""
+    # the scorer writes outside the run dir: nothing the run wrote can pose as its result
+    score_dir = lab.score_dir(exp["id"]) if split == "val" else run_dir.parent / (run_dir.name + "-score")
+    shutil.rmtree(score_dir, ignore_errors=True)
+    score_dir.mkdir(parents=True)
+    policy = sandbox_policy(lab, exp, score_dir, code_dir, argv=lab.scorer_argv(), outputs_dir=run_dir,
+                            budget_s=lab.config.scorer_timeout_s, split=split)
+    policy = policy_edit(policy) if policy_edit else policy
+    keep = outcome.result
+    ok = wait_run(lab, exp["id"] if split == "val" else None, policy, should_cancel, outcome, "the scorer")
+    if keep is not None:
+        outcome.result = keep  # the run's sandbox facts, not the scorer's
+    if not ok and outcome.status == "failed":
+        tail = log_tail(score_dir, 8)
+        outcome.error += f" ({' '.join(tail.split())[-600:]})" if tail else ""
+    return score_dir
+
+
+def score(lab: Lab, exp_id: int) -> dict:
+    """The trusted score of a finished run (ScoreError when its outputs cannot be scored)."""
+    run_dir = lab.run_dir(exp_id)
+    if lab.config.scorer == "eclip":
+        sizes = datacache.requested_sizes(run_dir / "code" / (main_file(lab) or "train.py"))
+        tasks = datacache.built_tasks(lab, sizes) if sizes else None
+        if tasks is None:
+            raise ScoreError("the run's task build is gone; it cannot be scored. Fix: rerun the experiment")
+        return score_eclip(run_dir, tasks, lab.config.folds)
+    return parse_command_score(lab.score_dir(exp_id) / "stdout.log", lab.config.objective)
+
+
+def run_facts(lab: Lab, run_dir: Path) -> tuple[dict, list[str]]:
+    """What the run's own metrics.json files say (informational), and the score keys they claimed."""
+    dirs = fold_dirs(run_dir) or [run_dir]
+    merged: dict = {}
+    claimed: set[str] = set()
+    sums = {"steps": 0.0, "max_steps": 0.0, "train_seconds": 0.0}
+    stopped = []
+    for d in dirs:
+        m, _ = read_metrics(d)
+        facts, keys = extras(m)
+        claimed.update(keys)
+        for k in sums:
+            if (v := number(facts.get(k))) is not None:
+                sums[k] += v
+        if facts.get("stopped_by") in ("steps", "time"):
+            stopped.append(facts["stopped_by"])
+        merged.update(facts)
+    for k, v in sums.items():
+        if number(merged.get(k)) is not None:
+            merged[k] = int(v) if k != "train_seconds" else round(v, 3)
+    if stopped:
+        merged["stopped_by"] = "time" if "time" in stopped else "steps"
+    return merged, sorted(claimed)
 
 
 # -- recording -----------------------------------------------------------------------------
-def record_from_run_dir(lab: Lab, exp_id: int, *, result=None, recovered: bool = False) -> None:
-    """Turn a finished run dir (and the sandbox's result, when we have it) into the store's record."""
-    exp = lab.store.get_experiment(exp_id)
+def record_from_run_dir(lab: Lab, exp_id: int, *, outcome: Outcome | None = None, recovered: bool = False) -> None:
+    """Score a finished run dir with the trusted scorer and turn it into the store's record."""
     run_dir = lab.run_dir(exp_id)
-    metrics, problem = read_metrics(run_dir)
-    status, error = "succeeded", None
-    if result is not None:
-        if result.status == "timeout":
-            status, error = "timeout", f"killed after {result.wall_seconds:.0f} s (budget {exp['time_budget_s']:g} s + grace)"
-        elif result.status == "cancelled":
-            status, error = "cancelled", "cancelled on request"
-        elif result.status == "memory":
-            status, error = "failed", "killed: over the memory limit"
-        elif result.status == "error" or result.returncode != 0:
-            status, error = "failed", f"exit code {result.returncode}"
-    if status == "succeeded" and metrics is None:
-        status, error = ("interrupted" if recovered else "failed"), problem
-    objective = None
+    status, error = (outcome.status, outcome.error) if outcome is not None else ("succeeded", None)
+    block = None
     if status == "succeeded":
-        objective = number(metrics.get(lab.config.objective))
+        try:
+            block = score(lab, exp_id)
+        except ScoreError as exc:
+            status, error = ("interrupted" if recovered else "failed"), f"scoring: {exc}"
+    facts, claimed = run_facts(lab, run_dir)
+    objective = None
+    if block is not None:
+        objective = number(block.get(lab.config.objective))
         if objective is None:
-            status, error = "failed", (f"metrics.json has no numeric '{lab.config.objective}' "
-                                       "(the objective named in autoresearch.toml)")
+            status, error = "failed", f"the scorer's result has no numeric {lab.config.objective!r}"
     if recovered and status == "succeeded":
-        error = "recorded from its run dir after the supervisor was gone"
+        error = "scored from its run dir after the supervisor was gone"
     if error and status != "succeeded":
         tail = log_tail(run_dir)
         error = f"{error}\n--- log tail ---\n{tail}" if tail else error
     denied = guard.denied_accesses(lab, run_dir)
     if denied:
         error = guard.describe(denied) + ("\n" + error if error else "")
+    if claimed:  # the score is the harness's: a run that wrote its own is recorded, and ignored
+        denied = [*denied, {"kind": "self_scored", "path": "metrics.json",
+                            "detail": f"wrote {', '.join(claimed[:8])}: ignored, the harness scores every run"}]
+    metrics = {**facts, **block} if block is not None and status == "succeeded" else None
     # the denied accesses land in the same transaction as the outcome: a reader that sees the
     # finished row also sees why it failed
-    record(lab, exp_id, status=status, error=error, metrics=metrics if status == "succeeded" else None,
-           objective=objective, result=result, denied=denied)
+    record(lab, exp_id, status=status, error=error, metrics=metrics, objective=objective,
+           result=outcome.result if outcome else None, denied=denied, facts=facts,
+           wall_seconds=outcome.wall_seconds if outcome else None,
+           peak_memory_bytes=outcome.peak_memory_bytes if outcome else 0)
 
 
 def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metrics: dict | None = None,
-           objective: float | None = None, result=None, denied: list[dict] | None = None) -> None:
+           objective: float | None = None, result=None, denied: list[dict] | None = None, facts: dict | None = None,
+           wall_seconds: float | None = None, peak_memory_bytes: int = 0) -> None:
     """Write the outcome, the verdict, the denied accesses and the best ref in one transaction
     (concurrent runs serialise)."""
     store, cfg = lab.store, lab.config
     exp = store.get_experiment(exp_id)
     run_dir = lab.run_dir(exp_id)
-    steps = read_steps(run_dir)
+    steps = read_all_steps(run_dir)
     now = time.time()
     fields: dict = {"status": status, "error": error, "finished_at": now,
-                    "duration_s": (result.wall_seconds if result is not None else
+                    "duration_s": (wall_seconds if wall_seconds else
                                    (now - exp["started_at"] if exp["started_at"] else None))}
     if result is not None:
         fields["returncode"] = result.returncode
         fields["sandbox_backend"] = result.backend
-        if result.peak_memory_bytes:
-            fields["peak_memory_gb"] = round(result.peak_memory_bytes / 2**30, 4)
+    if peak_memory_bytes:
+        fields["peak_memory_gb"] = round(peak_memory_bytes / 2**30, 4)
     config = json.loads(exp["config_json"] or "{}")
     if metrics is not None:
         std = number(metrics.get("objective_std"))
         if std is None and isinstance(metrics.get("objective_name"), str):
             std = number(metrics.get(metrics["objective_name"][:100] + "_std"))
         fields["objective"], fields["objective_std"] = objective, std
-        if (mem := number(metrics.get("peak_memory_gb"))) is not None:
+        if "peak_memory_gb" not in fields and (mem := number(metrics.get("peak_memory_gb"))) is not None:
             fields["peak_memory_gb"] = mem
-        config["run"] = text_facts(metrics)
+    if metrics is not None or facts:
+        config["run"] = text_facts(metrics if metrics is not None else facts)
     if (cache_status := read_cache_status(run_dir)) is not None:
         config["data_cache"] = cache_status
     if result is not None:
         config["sandbox"] = {"backend": result.backend, "network": result.network,
-                             "warnings": list(result.warnings or [])[:8], "isolation": result.isolation,
-                             "limits": result.limits}
+                             "warnings": list(result.warnings or [])[:8], "gaps": list(getattr(result, "gaps", []))[:12],
+                             "isolation": result.isolation, "limits": result.limits}
     fields["config_json"] = json.dumps(config, default=str)
     with store.transaction() as conn:
         if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/verdict.py)

@@ -13,13 +13,14 @@ import json
 import time
 
 from pydantic import BaseModel, Field
-from sandbox import SandboxUnavailable
 
 from tools.errors import ToolError
 from tools.guard import TEST_RUNS, denied_accesses, describe, test_paths, under
 from tools.lab import Lab
-from tools.launch import launch_sandboxed, sandbox_policy, wait_sandboxed
-from tools.rundir import MAX_METRICS_BYTES, RunFileError, log_tail, number, read_json_file
+from tools.launch import sandbox_policy
+from tools.rundir import log_tail, number
+from tools.runs import Outcome, prepare_tasks, run_command_scorer, wait_run
+from tools.scoring import ScoreError, parse_command_score, score_eclip
 
 
 # -- the held-out evaluation -----------------------------------------------------------------
@@ -55,64 +56,78 @@ def evaluate_test(lab: Lab, experiment_id: int, *, requested_by: str = "cli", ag
     code_dir = run_dir / "code"
     code_dir.mkdir(parents=True, exist_ok=True)
     fields: dict = {}
+    t0 = time.time()
     try:
         lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
-        policy = sandbox_policy(lab, exp, run_dir, code_dir)
-        open_up = [*test_paths(lab), test, lab.state_dir / TEST_RUNS]
-        hidden = [h for h in policy.hidden if not any(under(str(h), p) or under(str(p), h) for p in open_up)]
-        env = {**policy.env, "AR_EVAL_SPLIT": "test", "AR_TEST_ANNOTATIONS": str(test)}
-        policy = dataclasses.replace(policy, hidden=hidden, env=env, read_only=[*policy.read_only, test])
-        t0 = time.time()
-        try:
-            proc = launch_sandboxed(lab, policy)
-        except SandboxUnavailable as exc:
-            raise ToolError(f"sandbox refused the test evaluation: {exc}") from None
-        result = wait_sandboxed(proc, should_cancel)
-        fields.update(sandbox_backend=result.backend, returncode=result.returncode,
-                      finished_at=time.time())
-        status, error = "succeeded", None
-        if result.status == "timeout":
-            status, error = "timeout", f"killed after {result.wall_seconds:.0f} s"
-        elif result.status == "cancelled":
-            status, error = "cancelled", "cancelled"
-        elif result.status != "exited" or result.returncode != 0:
-            status, error = "failed", f"exit code {result.returncode} ({result.status})"
-        metrics = None
+        outcome, block = _train_and_score(lab, exp, run_dir, code_dir, should_cancel)
+        result = outcome.result
+        if result is not None:
+            fields.update(sandbox_backend=result.backend, returncode=result.returncode)
+        status, error = outcome.status, outcome.error
         if status == "succeeded":
-            try:
-                metrics = read_json_file(run_dir / "test_metrics.json", MAX_METRICS_BYTES)
-                if not isinstance(metrics, dict):
-                    raise RunFileError("test_metrics.json is not a JSON object")
-            except RunFileError as exc:
-                status, error = "failed", (f"test_metrics.json missing or invalid ({exc}). Fix: the command must "
-                                           "honour AR_EVAL_SPLIT=test and write RUN_DIR/test_metrics.json.")
-        if metrics is not None:
-            objective = number(metrics.get(lab.config.objective))
-            if objective is None:
-                status, error = "failed", f"test_metrics.json has no numeric {lab.config.objective!r}"
-            std = number(metrics.get("objective_std"))
-            if std is None and isinstance(metrics.get("objective_name"), str):
-                std = number(metrics.get(metrics["objective_name"] + "_std"))
+            objective = number(block.get(lab.config.objective))
+            std = number(block.get("objective_std"))
+            if std is None and isinstance(block.get("objective_name"), str):
+                std = number(block.get(block["objective_name"][:100] + "_std"))
             fields.update(objective=objective, objective_std=std,
-                          metrics_json=json.dumps({k: v for k, v in metrics.items() if k != "folds"},
-                                                  default=str)[:20000])
+                          metrics_json=json.dumps({k: v for k, v in block.items() if k != "folds"}, default=str)[:20000])
         if error and status != "succeeded":
             tail = log_tail(run_dir)
             error = f"{error}\n--- log tail ---\n{tail}" if tail else error
         denied = denied_accesses(lab, run_dir)
         if denied:
             error = (error + "\n" if error else "") + describe(denied)
-        fields.update(status=status, error=error, run_dir=str(run_dir))
-        fields["duration"] = time.time() - t0
+        fields.update(status=status, error=error, run_dir=str(run_dir), finished_at=time.time())
     except BaseException as exc:  # never leave the row 'running'
         if "status" not in fields:
             fields.update(status="failed", error=f"{type(exc).__name__}: {exc}"[:2000])
         raise
     finally:
-        duration = fields.pop("duration", None)
+        duration = time.time() - t0
         fields.setdefault("finished_at", time.time())
         lab.store.update_test_evaluation(eval_id, **fields)
     return _test_out(lab, eval_id, previous, duration)
+
+
+def _train_and_score(lab: Lab, exp: dict, run_dir, code_dir, should_cancel) -> tuple[Outcome, dict | None]:
+    """Train once on all of train+val and score once on the test split, by the trusted scorer.
+    eCLIP: the run gets the test pool unpaired (a one-fold test task); a workspace scorer gets the
+    test annotations, the training process never does."""
+    cfg = lab.config
+    share = float(exp["time_budget_s"] or cfg.time_budget_s) / cfg.folds  # a val run's per-fold share
+    outcome = Outcome()
+    try:
+        if cfg.scorer == "eclip":
+            tasks, problem = prepare_tasks(lab, code_dir, run_dir, should_cancel, split="test")
+            if tasks is None:
+                outcome.status, outcome.error = "failed", problem
+                return outcome, None
+            fold_dir = run_dir / "fold-0"
+            fold_dir.mkdir(exist_ok=True)
+            policy = sandbox_policy(lab, exp, fold_dir, code_dir, task_dir=tasks / "fold-0" / "task", fold=0,
+                                    budget_s=share, split="test")
+            if not wait_run(lab, None, policy, should_cancel, outcome, "the test run"):
+                return outcome, None
+            return outcome, score_eclip(run_dir, tasks, 1)
+        test = lab.test_annotations()
+        policy = sandbox_policy(lab, exp, run_dir, code_dir, budget_s=share, split="test")
+        if not wait_run(lab, None, policy, should_cancel, outcome, "the test run"):
+            return outcome, None
+        open_up = [*test_paths(lab), test]
+
+        def with_test(policy):  # only the scorer reads the test annotations
+            hidden = [h for h in policy.hidden if not any(under(str(h), p) or under(str(p), h) for p in open_up)]
+            env = {**policy.env, "AR_TEST_ANNOTATIONS": str(test)}
+            return dataclasses.replace(policy, hidden=hidden, env=env, read_only=[*policy.read_only, test])
+
+        score_dir = run_command_scorer(lab, exp, run_dir, code_dir, should_cancel, outcome, split="test",
+                                       policy_edit=with_test)
+        if outcome.status != "succeeded":
+            return outcome, None
+        return outcome, parse_command_score(score_dir / "stdout.log", cfg.objective)
+    except ScoreError as exc:
+        outcome.status, outcome.error = "failed", f"scoring: {exc}"
+        return outcome, None
 
 
 def _test_out(lab: Lab, eval_id: int, previous: int, duration: float | None) -> TestEvaluation:

@@ -1,8 +1,10 @@
 """Toy experiment (preset `toy`): logistic regression on a fixed synthetic problem, numpy only.
 
-A seconds-long stand-in for the eCLIP template that honours the same contract (events.jsonl while
-running, metrics.json at the end), for smoke tests and trying the tools. Tuned values reach it
-written into the constants below (the product edits the snapshot, never the environment).
+A seconds-long stand-in for the eCLIP template, for smoke tests and trying the tools. It trains one
+weight vector per fold and writes them to weights.json; the workspace's frozen scorer (score.py,
+not editable) computes the validation loss from them, so this file never scores itself.
+events.jsonl carries progress; metrics.json holds informational extras only. Tuned values reach
+it written into the constants below (the product edits the snapshot, never the environment).
 """
 
 import json
@@ -16,12 +18,12 @@ import numpy as np
 LR = 0.1            # learning rate of plain gradient descent
 STEPS = 200         # optimisation steps per fold
 L2 = 1e-3           # weight decay
-FOLDS = 3           # k-fold protocol: the objective is averaged over folds, with its std
 SEED = 0            # changes the initialisation and the data order, not the data
 SLEEP_PER_STEP = 0.0  # seconds; lets tests make a run last
 
 RUN_DIR = os.environ.get("AR_RUN_DIR", "run")
 os.makedirs(RUN_DIR, exist_ok=True)
+FOLDS = int(os.environ.get("AR_NUM_FOLDS", "3"))  # the workspace's fold protocol (autoresearch.toml `folds`)
 
 # ---------------------------------------------------------------------------- Data (fixed)
 data_rng = np.random.default_rng(1234)
@@ -33,7 +35,7 @@ folds = np.array_split(np.arange(600), FOLDS)
 # ---------------------------------------------------------------------------- Training loop
 events = open(os.path.join(RUN_DIR, "events.jsonl"), "a")
 t0 = time.time()
-fold_losses = []
+weights = []
 step_total = 0
 for k, val_idx in enumerate(folds):
     train_idx = np.setdiff1d(np.arange(600), val_idx)
@@ -52,15 +54,17 @@ for k, val_idx in enumerate(folds):
             events.flush()
         if SLEEP_PER_STEP:
             time.sleep(SLEEP_PER_STEP)
-    p = 1 / (1 + np.exp(-(X[val_idx] @ w)))
-    fold_losses.append(float(-np.mean(y[val_idx] * np.log(p + 1e-9) + (1 - y[val_idx]) * np.log(1 - p + 1e-9))))
+    weights.append([float(v) for v in w])
 
-# ---------------------------------------------------------------------------- Summary
-metrics = {"objective": float(np.mean(fold_losses)), "objective_name": "val_loss", "direction": "minimize",
-           "val_loss": float(np.mean(fold_losses)), "val_loss_std": float(np.std(fold_losses)),
-           "folds": [{"val_loss": v} for v in fold_losses], "steps": step_total,
-           "train_seconds": time.time() - t0, "seed": SEED, "peak_memory_gb": 0.0}
-tmp = os.path.join(RUN_DIR, "metrics.json.tmp")
-json.dump(metrics, open(tmp, "w"), indent=1)
-os.replace(tmp, os.path.join(RUN_DIR, "metrics.json"))
-print(f"val_loss: {metrics['val_loss']:.6f} +- {metrics['val_loss_std']:.6f}")
+# ---------------------------------------------------------------------------- Outputs
+def write_atomic(name, obj):
+    tmp = os.path.join(RUN_DIR, name + ".tmp")
+    json.dump(obj, open(tmp, "w"), indent=1)
+    os.replace(tmp, os.path.join(RUN_DIR, name))
+
+
+write_atomic("weights.json", {"folds": weights})  # what the scorer evaluates
+write_atomic("metrics.json", {"steps": step_total, "max_steps": STEPS * FOLDS, "stopped_by": "steps",
+                              "train_loss": loss, "train_seconds": time.time() - t0, "seed": SEED,
+                              "peak_memory_gb": 0.0})
+print(f"trained {FOLDS} fold(s), {step_total} steps, last train loss {loss:.6f}")
