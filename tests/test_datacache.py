@@ -1,4 +1,5 @@
-"""The tensor cache a run asks for is built before it by trusted code, and read-only inside it.
+"""The data a run trains and is scored on is built before it by trusted code (per-fold task
+folders, the tensor cache behind them); a run sees only its own fold's task, read-only.
 Real init (synthetic prints), real sandboxed runs of the eCLIP template."""
 
 import os
@@ -43,42 +44,52 @@ def eclip_lab(tmp_path_factory):
 SMOKE = {"MAX_STEPS": 2, "EVAL_BATCH_SIZE": 64}
 
 
-def test_a_run_finds_the_cache_for_its_image_size_built_before_it_started(eclip_lab):
+def test_a_run_finds_its_task_build_made_before_it_started(eclip_lab):
     lab = eclip_lab
     hints = []
     r1 = ex.run_experiment(lab, "48 px", params={**SMOKE, "IMAGE_SIZE": 48}, poll_s=0.1,
                            on_progress=lambda s: hints.append(s.next or ""))
     assert r1.status == "succeeded", r1.error
-    # while the cache is built (a child importing torch: >= 1 s), polls say so
-    assert any(h.startswith("building the data cache (48 px") for h in hints), hints[:5]
+    # while the tasks are built (a child importing torch: >= 1 s), polls say so
+    assert any(h.startswith("building the tasks (48 px") for h in hints), hints[:5]
     status = (lab.run_dir(r1.id) / "cache.status").read_text()
     assert status.startswith("built (48 px"), status
-    assert any(datacache.cache_dir(lab).glob("*-48px-v*.npz"))
-    log = (lab.run_dir(r1.id) / "stdout.log").read_text() + (lab.run_dir(r1.id) / "stderr.log").read_text()
-    assert "at 48px" in log and "decoded" not in log and "cached" not in log  # loaded, not built, in the run
+    builds = list(datacache.tasks_root(lab).glob("val-48px-tok48-k1-*"))
+    assert len(builds) == 1 and (builds[0] / "fold-0" / "key.npz").is_file()
+    assert any(datacache.cache_dir(lab).glob("*-48px-v*.npz"))  # the tensor cache behind the build
+    log = (lab.run_dir(r1.id) / "fold-0" / "stdout.log").read_text()
+    assert "building a one-fold task" not in log  # the run loaded its task, it did not make one
     assert lab.store.get_experiment(r1.id)["config_json"].count("built (48 px") == 1
 
     r2 = ex.run_experiment(lab, "48 px again", params={**SMOKE, "IMAGE_SIZE": 48})
     assert r2.status == "succeeded", r2.error
-    assert (lab.run_dir(r2.id) / "cache.status").read_text().startswith("warm (48 px")
+    assert (lab.run_dir(r2.id) / "cache.status").read_text().startswith("ready (48 px")
 
 
-def test_runs_cannot_write_the_cache(eclip_lab):
+def test_runs_cannot_write_their_task_nor_read_the_data_the_cache_or_the_keys(eclip_lab):
     from sandbox import choose_backend
     if choose_backend() == "none":
         pytest.skip("needs an isolating sandbox backend (bwrap or landlock)")
     lab = eclip_lab
     train = lab.root / "train.py"
     original = train.read_bytes()
-    target = "IMAGE_SIZE = 64\nCONTEXT_LENGTH = 48\nimport os\n" \
-             "open(os.path.join(os.environ['AR_CACHE_DIR'], 'poisoned.npz'), 'w').write('x')\n"
-    train.write_text(target)
+    build = next(datacache.tasks_root(lab).glob("val-64px-tok48-k1-*"), None)
+    probe = ("IMAGE_SIZE = 64\nCONTEXT_LENGTH = 48\nimport os, glob\n"
+             f"for p in [{str(lab.data_dir() / 'train.jsonl')!r}, {str(datacache.cache_dir(lab))!r}, "
+             f"{str(datacache.tasks_root(lab))!r} + '/*/fold-0/key.npz']:\n"
+             "    hits = glob.glob(p) or [p]\n"
+             "    try:\n        open(hits[0], 'rb').read(1) if not os.path.isdir(hits[0]) else os.listdir(hits[0])\n"
+             "        print('READ', p)\n    except OSError as e:\n        print('DENIED', p, type(e).__name__)\n"
+             "open(os.path.join(os.environ['AR_TASK_DIR'], 'poisoned.npy'), 'w').write('x')\n")
+    train.write_text(probe)
     try:
-        r = ex.run_experiment(lab, "poison the cache")
+        r = ex.run_experiment(lab, "poison the task, peek at the pairing")
     finally:
         train.write_bytes(original)
-    assert not (datacache.cache_dir(lab) / "poisoned.npz").exists()
-    assert r.status == "failed" and "write the shared data cache" in r.error
+    out = (lab.run_dir(r.id) / "fold-0" / "stdout.log").read_text()
+    assert "READ" not in out and out.count("DENIED") == 3, out
+    assert build is None or not (build / "fold-0" / "task" / "poisoned.npy").exists()
+    assert r.status == "failed" and "integrity:" in r.error
 
 
 def test_init_on_a_read_only_dataset_puts_the_cache_in_the_workspace(eclip_lab, tmp_path):
@@ -104,28 +115,29 @@ def test_init_on_a_read_only_dataset_puts_the_cache_in_the_workspace(eclip_lab, 
 
 
 def test_agent_runs_see_neither_test_annotations_nor_test_images(eclip_lab):
-    """The synthetic prints keep the whole test split (annotations and images) in heldout/, which
-    the sandbox hides from agent runs."""
+    """Agent runs see no dataset at all (their fold's task folder only): no test image, no heldout/."""
     from sandbox import choose_backend
     lab = eclip_lab
     data = lab.data_dir()
     assert any((data / "heldout" / "images").glob("test_*")) and not any((data / "images").glob("test_*"))
     train = lab.root / "train.py"
     original = train.read_bytes()
-    train.write_text("import os, json\nd = os.environ['AR_DATA_DIR']\n"
-                     "seen = sorted(n for n in os.listdir(os.path.join(d, 'images')) if n.startswith('test'))\n"
-                     "try:\n    held = os.listdir(os.path.join(d, 'heldout'))\nexcept OSError as e:\n    held = str(type(e).__name__)\n"
-                     "print('TEST-IMAGES-SEEN', len(seen), 'HELDOUT', held)\n"
-                     "json.dump({'objective': 1.0}, open(os.path.join(os.environ['AR_RUN_DIR'], 'metrics.json'), 'w'))\n")
+    train.write_text("IMAGE_SIZE = 64\nCONTEXT_LENGTH = 48\nimport os\n"
+                     f"d = {str(data)!r}\n"
+                     "for sub in ('images', 'heldout'):\n"
+                     "    try:\n        seen = os.listdir(os.path.join(d, sub))\n    except OSError as e:\n"
+                     "        seen = type(e).__name__\n    print('SEEN', sub, seen if isinstance(seen, str) else len(seen))\n"
+                     "print('TASK', sorted(os.listdir(os.environ['AR_TASK_DIR'])))\n")
     try:
         r = ex.run_experiment(lab, "look for the test split")
     finally:
         train.write_bytes(original)
-    assert r.status == "succeeded", r.error
-    out = (lab.run_dir(r.id) / "stdout.log").read_text()
-    assert "TEST-IMAGES-SEEN 0 " in out
+    out = (lab.run_dir(r.id) / "fold-0" / "stdout.log").read_text()
+    assert "eval_images.npy" in out and "key.npz" not in out, out
     if choose_backend() != "none":
-        assert "HELDOUT []" in out or "HELDOUT FileNotFoundError" in out or "HELDOUT PermissionError" in out, out
+        for sub in ("images", "heldout"):
+            assert f"SEEN {sub} 0" in out or f"SEEN {sub} PermissionError" in out or \
+                f"SEEN {sub} FileNotFoundError" in out, out
 
 
 def test_the_human_test_evaluation_reads_the_held_out_images(eclip_lab):

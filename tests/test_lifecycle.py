@@ -25,8 +25,9 @@ SLEEP = 0.3
 time.sleep(SLEEP)
 with open(os.path.join(run_dir, "events.jsonl"), "a") as f:
     f.write(json.dumps({"t": time.time(), "step": 1, "loss": 1.0, "elapsed": SLEEP}) + "\\n")
-json.dump({"objective": 1.0 + int(os.environ["AR_EXPERIMENT_ID"]) * 1e-3, "objective_std": 0.1},
-          open(os.path.join(run_dir, "metrics.json"), "w"))
+# the toy workspace's scorer (score.py) scores these weights; metrics.json is only informational
+json.dump({"folds": [[int(os.environ["AR_EXPERIMENT_ID"]) * 1e-3] * 10] * 3}, open(os.path.join(run_dir, "weights.json"), "w"))
+json.dump({"steps": 1}, open(os.path.join(run_dir, "metrics.json"), "w"))
 """
 
 
@@ -158,7 +159,8 @@ def test_a_run_outlives_the_server_that_started_it(toy_ws):
 def test_each_slot_gets_its_own_gpu(toy_ws):
     (toy_ws / "train.py").write_text(
         "import json, os, time\ntime.sleep(2)\n"
-        "json.dump({'objective': 1.0, 'cvd': float(os.environ['CUDA_VISIBLE_DEVICES'])},"
+        "json.dump({'folds': [[0.0] * 10] * 3}, open(os.path.join(os.environ['AR_RUN_DIR'], 'weights.json'), 'w'))\n"
+        "json.dump({'cvd': float(os.environ['CUDA_VISIBLE_DEVICES'])},"
         " open(os.path.join(os.environ['AR_RUN_DIR'], 'metrics.json'), 'w'))\n")
     toml = toy_ws / "autoresearch.toml"
     toml.write_text(toml.read_text().replace("# gpus = [0, 1]", "gpus = [3, 5]"))

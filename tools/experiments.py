@@ -78,9 +78,9 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
 
 
 def _cache_phase(run_dir) -> str | None:
-    """'building the data cache ...' while the supervisor prepares one (tools/datacache.py)."""
+    """'building the tasks ...' while the supervisor prepares the run's data (tools/datacache.py)."""
     text = read_cache_status(run_dir)
-    return text if text and text.startswith("building the data cache") else None
+    return text if text and text.startswith("building the tasks") else None
 
 
 def _next_hint(exp: dict) -> str | None:

@@ -14,7 +14,7 @@ import os
 import re
 from pathlib import Path
 
-from tools.datacache import cache_dir
+from tools.datacache import cache_dir, tasks_root
 from tools.lab import Lab, harness_dir
 from tools.rundir import fold_dirs, read_tail
 
@@ -59,6 +59,8 @@ def classify(lab: Lab, path: str, code_dir: Path) -> str:
         return "data_write"
     if under(p, cache_dir(lab)):
         return "cache_write"
+    if under(p, tasks_root(lab)):
+        return "task_access"
     if under(p, lab.root / ".git") or (under(p, lab.state_dir) and not under(p, code_dir.parent)):
         return "state_access"
     return "denied_access"
@@ -87,6 +89,8 @@ def describe(events: list[dict]) -> str:
     """One line for a run's error: what it tried and that the sandbox refused it."""
     names = {"test_split_access": "read the held-out test split", "harness_write": "write the frozen harness",
              "data_write": "write the dataset", "cache_write": "write the shared data cache",
+             "task_access": "write its task data or read another fold's (or a key)",
+             "self_scored": "score itself in metrics.json",
              "state_access": "touch the workspace's git/database",
              "denied_access": "access a protected path"}
     parts = [f"tried to {names.get(e['kind'], e['kind'])} ({e['path']}: {e['detail']})" for e in events[:5]]
