@@ -331,7 +331,7 @@ async def test_plot_progress_is_a_png_and_export_is_results_tsv(lab, tmp_path):
     rows = [line.split("\t") for line in lines[1:]]
     assert [r[3] for r in rows] == ["keep", "keep", "discard", "crash"]
     assert all(len(r) == 5 and len(r[0]) == 7 for r in rows)
-    assert rows[3][1] == "0.000000" and rows[2][4] == "LR 0.02 with a tab"
+    assert rows[3][1] == "" and rows[2][4] == "LR 0.02 with a tab"  # a crash has no objective (0 would be perfect)
     assert cli(["export", "--format", "csv", "-w", str(lab.root)]) == 2
     audit = [r["tool"] for r in lab.store.audit_rows(50)]
     assert "plot_progress" in audit and "cli:plot" in audit and "cli:export" in audit

@@ -6,6 +6,7 @@ A bad file is refused with the field, the value and the fix; nothing runs on a h
 from __future__ import annotations
 
 import glob
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -62,6 +63,10 @@ class WorkspaceConfig(BaseModel):
     max_time_budget_s: float = Field(3600.0, gt=0, le=7 * 24 * 3600)
     timeout_grace_s: float = Field(60.0, ge=0, le=3600,
                                    description="extra wall time after the budget for eval and writing metrics")
+    max_wait_s: float = Field(40.0, ge=1, le=3600,
+                              description="the longest an MCP tool call waits for a run (the default and cap of "
+                                          "wait_s); then it returns the id and how to follow. Keep it under every "
+                                          "client's request timeout (60 s for several)")
     data: str | None = Field(None, description="dataset root (read-only inside runs)")
     test_annotations: str | None = Field(None, description="held-out test annotations, never mounted into agent runs")
     read_only: list[str] = Field(default_factory=list, max_length=50,
@@ -73,6 +78,8 @@ class WorkspaceConfig(BaseModel):
     memory_limit_gb: float | None = Field(None, gt=0, le=4096)
     max_processes: int = Field(512, ge=8, le=100_000)
     concurrency: Annotated[int, Field(ge=1, le=64)] | Literal["auto"] = Field("auto", description="runs at a time; auto: one per GPU, 1 on CPU")
+    threads: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] = Field(
+        "auto", description="CPU threads per run (torch, OpenMP, MKL); auto: the cores / the concurrent slots")
     gpus: list[int] | None = Field(None, description="GPU indices to hand out; None: every /dev/nvidiaN present")
     folds: int = Field(1, ge=1, le=20, description="k of the fold protocol (the harness's, not train.py's): "
                                                    "one sandboxed process per fold")
@@ -81,6 +88,10 @@ class WorkspaceConfig(BaseModel):
                              "workspace's own frozen scorer (e.g. [\"python\", \"score.py\"]), run in the sandbox "
                              "after the run with the run's outputs read-only; it prints the objective as JSON")
     scorer_timeout_s: float = Field(300.0, gt=0, le=3600)
+    budget_rule: Literal["steps", "time"] = Field(
+        "steps", description="steps: the step budget decides, a run stopped on time first is incomparable; "
+                             "time: fixed seconds, steps vary (karpathy's rule), every finished run is compared")
+    baseline_seeds: int = Field(0, ge=0, le=10, description="seed reruns queued after the first baseline (noise)")
     noise_sigma: float = Field(2.0, ge=0, le=10, description="improved only if better by this many sigma")
     keep_checkpoints: Literal["kept", "all", "none"] = "kept"
     search_space: dict[str, SearchParam] = Field(default_factory=dict, max_length=32,
@@ -137,6 +148,14 @@ def slot_count(cfg: "WorkspaceConfig") -> int:
     return cfg.concurrency
 
 
+def threads_per_run(cfg: "WorkspaceConfig") -> int:
+    """CPU threads each run gets: set, or the usable cores shared by the concurrent slots."""
+    if cfg.threads != "auto":
+        return cfg.threads
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // slot_count(cfg))
+
+
 def load_config(root: Path) -> WorkspaceConfig:
     path = Path(root) / CONFIG_NAME
     if not path.exists():
@@ -157,7 +176,8 @@ def _toml_value(v) -> str:
 
 
 def render_config(*, name: str, data: str, test_annotations: str | None, time_budget_s: float,
-                  folds: int = 1, scorer: str | list[str] = "eclip", search_space_toml: str = "") -> str:
+                  folds: int = 1, scorer: str | list[str] = "eclip", baseline_seeds: int = 2,
+                  search_space_toml: str = "") -> str:
     """The autoresearch.toml that `init` writes (commented, for people)."""
     test_line = f'test_annotations = "{test_annotations}"' if test_annotations else "# test_annotations = \"...\""
     return f'''# eclip-autoresearch workspace. Humans edit this file; the agent may not (see .claude/settings.json).
@@ -171,13 +191,17 @@ direction = "minimize"
 time_budget_s = {time_budget_s:g}            # default training budget per experiment
 max_time_budget_s = 3600
 timeout_grace_s = 60               # extra wall time for eval; the run is killed after budget + grace
+max_wait_s = 40                    # an MCP call waits at most this long for a run, then returns its id (poll to follow)
 data = "{data}"                    # read-only inside every run
 {test_line}   # never visible to agent runs
 sandbox = "auto"                   # auto | strict (refuse without bubblewrap) | bwrap | landlock | none
 network = false
+threads = "auto"                   # CPU threads per run (torch/OpenMP/MKL): "auto" = cores / concurrent runs
 concurrency = "auto"               # runs at a time: "auto" = one per GPU (each its own CUDA_VISIBLE_DEVICES), 1 on CPU
 # gpus = [0, 1]                    # which GPUs to hand out (default: all)
 noise_sigma = 2.0                  # 'improved' must beat the best by this many sigma of the noise
+budget_rule = "steps"              # steps: a run stopped on time before its steps is 'incomparable' | time: fixed seconds
+baseline_seeds = {baseline_seeds}                 # seed reruns queued after the first baseline, to measure the noise (0: off)
 keep_checkpoints = "kept"
 hpo_sampler = "tpe"                # suggest(): tpe | random | gp (gp runs in a child; needs torch + scipy)
 allow_test_eval = false            # true exposes evaluate_test as an MCP tool; humans use `autoresearch evaluate-test`

@@ -12,6 +12,7 @@ from tools.errors import ToolError
 from tools.lab import Lab
 from tools.rundir import latest_progress, log_tail, read_cache_status
 from tools.store import TERMINAL
+from tools.verdict import stop_note
 from tools.schemas import (Description, ExperimentDetail, ExperimentId, Hypothesis, Limit, NoteOut, NotesPage,
                            NoteText, Params, ResultRow, ResultsTable, RevertResult, RevertTarget, RunSummary,
                            Status, Tag, Tags, TimeBudget, validate)
@@ -59,7 +60,7 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
                      objective_std=exp["objective_std"], delta_vs_best=exp["delta"],
                      best_id=exp["best_id_at_verdict"], kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),
                      peak_memory_gb=exp["peak_memory_gb"], sandbox=exp["sandbox_backend"],
-                     verdict_reason=exp["verdict_reason"])
+                     verdict_reason=exp["verdict_reason"], stopped=stopped_label(exp))
     if exp["status"] == "running" and exp["run_dir"]:
         p = latest_progress(lab.run_dir(exp_id))
         out.step, out.loss = p.step, p.loss
@@ -75,6 +76,11 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
         if phase:
             out.next = f"{phase} (not charged to its budget); {out.next}"
     return out
+
+
+def stopped_label(exp: dict) -> str | None:
+    """'stopped by time at step 12/300' for a run that did not finish its step budget."""
+    return stop_note(exp.get("steps"), exp.get("max_steps"), exp.get("stopped_by")) if exp.get("stopped_by") else None
 
 
 def _cache_phase(run_dir) -> str | None:
@@ -116,6 +122,7 @@ def read_results(lab: Lab, limit: int = 20, status: str | None = None, order_by:
         out.append(ResultRow(id=r["id"], status=r["status"], verdict=r["verdict"], objective=r["objective"],
                              objective_std=r["objective_std"], delta=r["delta"], kept=bool(r["kept"]),
                              duration_s=_round(r["duration_s"]), description=_clip(r["description"], 120),
+                             stopped=stopped_label(r),
                              metrics=metrics))
     best = lab.store.best_experiment()
     return ResultsTable(total=lab.store.count_experiments(status), best_id=best["id"] if best else None,
@@ -147,7 +154,8 @@ def show_experiment(lab: Lab, experiment_id: int) -> ExperimentDetail:
         delta=exp["delta"], kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),
         peak_memory_gb=exp["peak_memory_gb"], sandbox=exp["sandbox_backend"], config=config, metrics=metrics,
         fold_metrics=[folds[k] for k in sorted(folds)], loss_curve=curve, diff=diff,
-        log_tail=log_tail(lab.run_dir(exp["id"])) if exp["run_dir"] else "", error=exp["error"])
+        log_tail=log_tail(lab.run_dir(exp["id"])) if exp["run_dir"] else "", stopped=stopped_label(exp),
+        error=exp["error"])
 
 
 # -- revert --------------------------------------------------------------------------------

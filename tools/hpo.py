@@ -183,8 +183,8 @@ def sync(lab: Lab, study, dists: dict) -> None:
             continue
         attrs = {"experiment_id": exp["id"], "source": "agent", "description": exp["description"][:200]}
         sub = {k: dists[k] for k in values}
-        if exp["status"] in TERMINAL:
-            ok = exp["status"] == "succeeded" and exp["objective"] is not None
+        if exp["status"] in TERMINAL:  # a truncated (incomparable) run is no success to learn from
+            ok = exp["status"] == "succeeded" and exp["objective"] is not None and exp["verdict"] != "incomparable"
             study.add_trial(optuna.trial.create_trial(
                 params=values, distributions=sub, user_attrs=attrs, value=exp["objective"] if ok else None,
                 state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))

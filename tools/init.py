@@ -6,6 +6,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 from model.odvg import ODVGError, resolve_dataset  # torch-free
 from model.presets import list_presets, preset_folds, render_template
@@ -35,16 +36,31 @@ def render_train_py(preset: str) -> str:
         raise ToolError(f"--preset {preset!r}: {exc}") from None
 
 
-def prepare_data(data_dir: Path, preset: str, synthetic: str = "default", cache_dir: Path | None = None) -> None:
+def prepare_data(data_dir: Path, preset: str, synthetic: str = "default", cache_dir: Path | None = None,
+                 on_line: Callable[[str], None] | None = None) -> None:
     """Generate the synthetic prints and their tensor cache, in a child (torch stays out of here).
-    The cache goes to DATA/.cache, or to `cache_dir` (a read-only dataset)."""
+    The cache goes to DATA/.cache, or to `cache_dir` (a read-only dataset). on_line gets each line
+    the child logs (the CLI's progress)."""
     Path(data_dir).parent.mkdir(parents=True, exist_ok=True)
     extra = ["--cache-dir", str(cache_dir)] if cache_dir is not None else []
-    proc = subprocess.run([sys.executable, "-P", "-m", "model.prepare", "--data", str(data_dir), "--preset", preset,
-                           "--synthetic", synthetic, *extra],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, cwd=str(Path(data_dir).parent))
+    proc = subprocess.Popen([sys.executable, "-P", "-m", "model.prepare", "--data", str(data_dir), "--preset", preset,
+                             "--synthetic", synthetic, *extra],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=str(Path(data_dir).parent))
+    tail: list[str] = []
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line])[-40:]
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
+    except BaseException:  # Ctrl-C: the child goes too
+        proc.kill()
+        raise
+    finally:
+        proc.stdout.close()
+        proc.wait()
     if proc.returncode != 0:
-        raise ToolError(f"preparing the dataset in {data_dir} failed:\n{proc.stderr[-2000:]}")
+        raise ToolError(f"preparing the dataset in {data_dir} failed:\n{''.join(tail)[-2000:]}")
 
 
 def _writable(folder: Path) -> bool:
@@ -64,7 +80,8 @@ def test_annotations_of(data_path: Path) -> Path | None:
 
 
 def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None, time_budget_s: float | None = None,
-                   client_names: list[str] | None = None, force: bool = False, synthetic: str = "default") -> Path:
+                   client_names: list[str] | None = None, force: bool = False, synthetic: str = "default",
+                   on_progress: Callable[[str], None] | None = None) -> Path:
     root = Path(root).resolve()
     if (root / CONFIG_NAME).exists() and not force:
         raise ToolError(f"{root} is already a workspace ({CONFIG_NAME} exists). Fix: pick another folder or --force.")
@@ -88,7 +105,7 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
         # generates synthetic prints only where there is no dataset; a read-only dataset gets its
         # cache in the workspace (tools/datacache.py mounts it read-only into runs)
         cache = None if not data_path.exists() or _writable(data_path) else root / STATE_DIR / "cache"
-        prepare_data(data_path, preset, synthetic, cache_dir=cache)
+        prepare_data(data_path, preset, synthetic, cache_dir=cache, on_line=on_progress)
         test = test_annotations_of(data_path)
         if test is not None and test.exists():
             test_annotations = str(test.relative_to(root)) if test.is_relative_to(root) else str(test)
@@ -100,6 +117,7 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
     (root / CONFIG_NAME).write_text(render_config(
         name=root.name, data=data or "", test_annotations=test_annotations, time_budget_s=budget,
         folds=3 if preset == TOY else preset_folds(preset), scorer=["python", TOY_SCORER] if preset == TOY else "eclip",
+        baseline_seeds=0 if preset == TOY else 2,  # the toy's 3 folds give a noise estimate; seconds-long runs
         search_space_toml=search_space_toml(default_search_space(preset))))
     if not data:  # toy: no dataset
         text = (root / CONFIG_NAME).read_text().replace('data = ""', '# data = "path/to/dataset"')

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from sandbox import Limits, SandboxPolicy, launch
 
-from tools.config import gpu_slots
+from tools.config import gpu_slots, threads_per_run
 from tools.datacache import cache_dir, tasks_root
 from tools.guard import TEST_RUNS, hidden_for_agent_runs
 from tools.lab import Lab, harness_dir
@@ -34,6 +34,8 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     budget = float(budget_s if budget_s is not None else (exp["time_budget_s"] or cfg.time_budget_s))
     env = {"AR_RUN_DIR": str(run_dir), "AR_TIME_BUDGET_S": f"{budget:g}", "AR_EXPERIMENT_ID": str(exp["id"]),
            "AR_NUM_FOLDS": str(cfg.folds), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+    threads = str(threads_per_run(cfg))  # explicit: oversubscribed threads are the slowest thing on a busy box
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, AR_THREADS=threads)
     read_only = [code_dir]
     hidden = [lab.root / ".git", lab.store.path, Path(str(lab.store.path) + "-wal"), Path(str(lab.store.path) + "-shm")]
     hidden += hidden_for_agent_runs(lab)  # the held-out split (its heldout/ folder) and the test runs

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 
 from model.constants import parse_constants
+from tools.config import threads_per_run
 from tools.guard import test_paths
 
 PACKAGES = ("numpy", "torch", "torchvision", "open_clip_torch", "pillow", "scipy", "eclip-autoresearch")
@@ -94,7 +95,8 @@ def provenance(lab, commit: str | None) -> dict:
     return {"commit": commit, "main_file": main_file(lab), "constants": _json_safe(constants),
             "seed": constants.get("SEED"), "data_fingerprint": data_fingerprint(lab.data_dir(), test_paths(lab)),
             "environment": environment(),
-            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "threads_per_run": threads_per_run(lab.config)}
 
 
 def _json_safe(d: dict) -> dict:

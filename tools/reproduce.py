@@ -70,11 +70,19 @@ def report(lab: Lab, original_id: int, reproduction_id: int) -> ReproduceReport:
     for name in sorted(set(ma) | set(mb)):
         if name not in skip and ma.get(name) != mb.get(name) and len(out.metric_differences) < MAX_DIFFS:
             out.metric_differences[name] = [ma.get(name), mb.get(name)]
+    # how far each got against its step budget comes first: a run cut short explains most differences
+    for key in ("steps", "max_steps", "stopped_by"):
+        if a[key] != b[key]:
+            out.provenance_differences[key] = [a[key], b[key]]
     pa, pb = _facts(a), _facts(b)
     for key in sorted(set(pa) | set(pb)):
         if pa.get(key) != pb.get(key) and len(out.provenance_differences) < MAX_DIFFS:
             out.provenance_differences[key] = [pa.get(key), pb.get(key)]
-    if out.verdict == "outside_noise":
+    budget = [k for k in ("steps", "stopped_by") if k in out.provenance_differences]
+    if budget and out.verdict != "running":
+        out.next = (f"the two trained differently: steps {a['steps']} vs {b['steps']} (stopped by {a['stopped_by']} vs "
+                    f"{b['stopped_by']}); compare runs that both finished their step budget")
+    elif out.verdict == "outside_noise":
         out.next = ("the result moved beyond the noise: check provenance_differences (packages, device, data) and "
                     "non-determinism in train.py")
     return out

@@ -28,10 +28,10 @@ from tools.lab import Lab
 from tools.launch import launch_sandboxed, sandbox_policy, wait_sandboxed
 from tools.params import bake
 from tools.provenance import main_file, provenance
-from tools.rundir import (fold_dirs, log_tail, metric_rows, number, read_all_steps, read_cache_status, read_metrics,
+from tools.rundir import (fold_dirs, integer, log_tail, metric_rows, number, read_all_steps, read_cache_status, read_metrics,
                           text_facts, write_cache_status)
 from tools.scoring import ScoreError, extras, parse_command_score, score_eclip
-from tools.verdict import verdict_fields
+from tools.verdict import stop_note, verdict_fields
 from tools.workspace import BEST_REF
 
 
@@ -312,6 +312,11 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
     if peak_memory_bytes:
         fields["peak_memory_gb"] = round(peak_memory_bytes / 2**30, 4)
     config = json.loads(exp["config_json"] or "{}")
+    facts = facts or {}
+    steps_done, steps_max = integer(facts.get("steps")), integer(facts.get("max_steps"))
+    stopped_by = facts.get("stopped_by") if facts.get("stopped_by") in ("steps", "time") else None
+    fields.update(steps=steps_done, max_steps=steps_max, stopped_by=stopped_by)
+    stop = stop_note(steps_done, steps_max, stopped_by)
     if metrics is not None:
         std = number(metrics.get("objective_std"))
         if std is None and isinstance(metrics.get("objective_name"), str):
@@ -330,20 +335,22 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
     fields["config_json"] = json.dumps(config, default=str)
     with store.transaction() as conn:
         if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/verdict.py)
-            fields.update(verdict_fields(store, conn, exp, objective, fields.get("objective_std"), cfg))
+            fields.update(verdict_fields(store, conn, exp, objective, fields.get("objective_std"), cfg, stop=stop))
             store.replace_metrics(exp_id, metric_rows(metrics), conn)
         store.replace_steps(exp_id, steps, conn)
         updated = store.update_experiment(exp_id, conn=conn, only_if_status=("running", "queued"),
                                           **fields)
         if updated and denied:
             store.record_integrity_events(conn, exp_id, denied)
-        if updated and fields.get("kept") and exp["snapshot_commit"]:
-            # under the write lock: refs move in the order the verdicts were given, and a reader
-            # that sees the kept row also sees the ref
+        if updated and exp["snapshot_commit"]:
+            # under the write lock: the ref follows the best in the order verdicts were given (a
+            # demotion moves it back), and a reader that sees the kept row also sees the ref
+            best_now = store.best_experiment_in(conn)
             try:
-                lab.workspace.advance_best(lab.code_snapshot(exp))
+                if best_now is not None and best_now.get("snapshot_commit"):
+                    lab.workspace.advance_best(lab.code_snapshot(best_now))
             except Exception as exc:  # the ref is a convenience (revert('best') reads the store)
-                print(f"autoresearch: could not advance {BEST_REF}: {exc}", file=sys.stderr)
+                print(f"autoresearch: could not move {BEST_REF}: {exc}", file=sys.stderr)
     _prune_checkpoints(lab, exp_id, kept=bool(fields.get("kept")))
     if updated:
         hpo.after_run(lab, exp_id)  # tell the Optuna study (never raises)

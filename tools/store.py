@@ -151,6 +151,22 @@ MIGRATIONS: list[str] = [
         told_at REAL
     );
     """,
+    # 4 (issue 12): how far a run got against its step budget, and every change of the best
+    """
+    ALTER TABLE experiments ADD COLUMN steps INTEGER;          -- steps trained (all folds), as the run reported
+    ALTER TABLE experiments ADD COLUMN max_steps INTEGER;      -- its step budget (all folds)
+    ALTER TABLE experiments ADD COLUMN stopped_by TEXT;        -- steps | time (time before max_steps: truncated)
+    CREATE TABLE best_changes (
+        id INTEGER PRIMARY KEY,
+        t REAL NOT NULL,
+        experiment_id INTEGER NOT NULL REFERENCES experiments(id),  -- the run whose best status changed
+        other_id INTEGER REFERENCES experiments(id),               -- the run it replaced / that is best again
+        action TEXT NOT NULL,            -- demoted
+        reason TEXT NOT NULL
+    );
+    CREATE TRIGGER best_changes_no_update BEFORE UPDATE ON best_changes
+        BEGIN SELECT RAISE(ABORT, 'best_changes is append-only'); END;
+    """,
 ]
 
 # The lifecycle's end states (the one definition: every module that waits or tells reads it here).
@@ -246,6 +262,12 @@ class Store:
             "SELECT * FROM experiments WHERE kept = 1 ORDER BY finished_at DESC, id DESC LIMIT 1"))
         return rows[0] if rows else None
 
+    def best_experiment_in(self, conn: sqlite3.Connection) -> dict | None:
+        """best_experiment, read through the caller's transaction."""
+        cur = conn.execute("SELECT * FROM experiments WHERE kept = 1 ORDER BY finished_at DESC, id DESC LIMIT 1")
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row)) if row else None
+
     def best_for_verdict(self, conn: sqlite3.Connection) -> dict | None:
         """The current best with its group's mean and std when it has a seed group (inside a verdict's
         transaction, so it sees the group columns that transaction refreshed)."""
@@ -264,7 +286,8 @@ class Store:
         """(id, objective, objective_std) of the succeeded runs of root_id's seed group, but exclude_id."""
         return conn.execute(
             "SELECT id, objective, objective_std FROM experiments WHERE (id = ? OR (rerun_of = ? AND rerun_kind = 'seed')) "
-            "AND status = 'succeeded' AND objective IS NOT NULL AND id != ? ORDER BY id",
+            "AND status = 'succeeded' AND objective IS NOT NULL AND coalesce(verdict, '') != 'incomparable' AND id != ? "
+            "ORDER BY id",
             (root_id, root_id, exclude_id)).fetchall()
 
     def set_group_stats(self, conn: sqlite3.Connection, ids: list[int], n: int, mean: float, std: float) -> None:
@@ -272,6 +295,21 @@ class Store:
             marks = ", ".join("?" for _ in ids)
             conn.execute(f"UPDATE experiments SET group_n = ?, group_objective = ?, group_std = ? WHERE id IN ({marks})",
                          [n, mean, std, *ids])
+
+    def unkeep(self, conn: sqlite3.Connection, ids: list[int], reason: str) -> None:
+        """These runs stop being (or standing for) the best; the reason is appended to their verdict."""
+        if ids:
+            marks = ", ".join("?" for _ in ids)
+            conn.execute(f"UPDATE experiments SET kept = 0, verdict_reason = coalesce(verdict_reason, '') || ? "
+                         f"WHERE id IN ({marks}) AND kept = 1", [f" [demoted: {reason}]", *ids])
+
+    def record_best_change(self, conn: sqlite3.Connection, experiment_id: int, other_id: int | None, action: str,
+                           reason: str) -> None:
+        conn.execute("INSERT INTO best_changes (t, experiment_id, other_id, action, reason) VALUES (?, ?, ?, ?, ?)",
+                     [time.time(), experiment_id, other_id, action, reason[:2000]])
+
+    def best_changes(self, limit: int = 50) -> list[dict]:
+        return list(self.db.query("SELECT * FROM best_changes ORDER BY id DESC LIMIT ?", [int(limit)]))
 
     def seed_group(self, root_id: int, limit: int = 100) -> list[dict]:
         """The original run and its seed reruns, in id order."""
@@ -443,7 +481,8 @@ class Store:
     def running_trials_of_finished_runs(self, study: str) -> list[dict]:
         marks = ", ".join("?" for _ in TERMINAL)
         return list(self.db.query(
-            "SELECT h.id, h.trial_number, e.status, e.objective FROM hpo_trials h JOIN experiments e ON "
+            "SELECT h.id, h.trial_number, e.status, CASE WHEN e.verdict = 'incomparable' THEN NULL ELSE e.objective END "
+            "AS objective FROM hpo_trials h JOIN experiments e ON "
             f"e.id = h.experiment_id WHERE h.study = ? AND h.state = 'running' AND e.status IN ({marks})",
             [study, *TERMINAL]))
 

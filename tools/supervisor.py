@@ -16,7 +16,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from tools.config import slot_count
+from tools.errors import ToolError
 from tools.lab import Lab
+from tools.reruns import submit_reruns
 from tools.runs import recover, run_claimed, supervisor_lock_path
 
 
@@ -39,6 +41,20 @@ def _slot(lab: Lab):
             f.close()
         return
     yield None
+
+
+def queue_baseline_seeds(lab: Lab, exp_id: int) -> None:
+    """After the first baseline, its seed reruns (`baseline_seeds`): the noise every later verdict needs."""
+    n = lab.config.baseline_seeds
+    row = lab.store.get_experiment(exp_id)
+    if not n or row is None or row["verdict"] != "baseline" or row["rerun_of"] is not None:
+        return
+    if len(lab.store.seed_group(exp_id)) > 1:
+        return
+    try:
+        submit_reruns(lab, exp_id, n)
+    except ToolError as exc:  # e.g. a snapshot without SEED: the verdicts then say the noise is unknown
+        print(f"supervisor: no baseline seed reruns for #{exp_id}: {exc}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -65,6 +81,7 @@ def main(argv: list[str]) -> int:
                         break
                     cancel_file = lab.run_dir(exp["id"]) / "cancel"
                     run_claimed(lab, exp, should_cancel=lambda: bool(terminating) or cancel_file.exists(), slot=slot)
+                    queue_baseline_seeds(lab, exp["id"])
             if terminating or not lab.store.count_experiments("queued"):
                 return 0
     finally:

@@ -10,7 +10,17 @@ snapshot) when it now beats the best by the margin. A reproduction is never grou
 The rule, shown with every verdict: a run is `improved` only when it beats the best by more than
 `sigmas` times the combined spread sqrt(std_run^2 + std_best^2) (fold std, or seed std). Within
 that margin it is `inconclusive`: rerun with other seeds before believing it. With no spread
-measured at all, any strict improvement counts, and the reason says the noise is unknown.
+measured at all (one fold, one seed, no reruns) a gain is `inconclusive` too, with the fix: the
+noise is unknown, so no gain can be told from it.
+
+Comparable runs only: under the step budget (the default `budget_rule = "steps"`) a run that
+stopped on time before its step budget is `incomparable`: never improved, never kept, never in a
+seed group's statistics. Under `budget_rule = "time"` (karpathy's rule: fixed seconds, steps
+vary) every finished run is compared, and the reason says so.
+
+When reruns change the best's group, the best is judged again against the run it replaced
+(`rejudge_best`): a best that no longer clears the margin stops being best (its rows are no
+longer kept, the best ref moves back), and `best_changes` records why.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str          # baseline | improved | not_improved | inconclusive
+    verdict: str          # baseline | improved | not_improved | inconclusive | incomparable
     delta: float | None   # objective - best objective (negative is better when minimising)
     margin: float         # how far past the best a run must land to count
     keep: bool            # advance refs/autoresearch/best
@@ -39,7 +49,11 @@ def judge(*, objective: float, std: float | None, best: dict | None, direction: 
     rule = (f"improved needs a gain > {sigmas:g} sigma = {margin:.4g} "
             f"(sigma = sqrt(std_run^2 + std_best^2) = {noise:.4g}); gain = {gain:.4g}")
     if noise == 0.0:
-        rule = f"no spread measured (single fold, single seed): any gain counts; gain = {gain:.4g}"
+        rule = f"no noise estimate (one fold, one seed, no reruns): gain = {gain:.4g} cannot be told from noise"
+        if gain > 0:
+            return Verdict("inconclusive", delta, margin, False,
+                           rule + f". Fix: rerun_experiment({best.get('id', '<best id>')}, seeds=2) measures the best's "
+                                  "noise; then rerun this one the same way.")
     if gain > margin:
         return Verdict("improved", delta, margin, True, rule)
     if gain > 0:
@@ -76,10 +90,25 @@ def _best_note(best: dict | None) -> str:
     return ""
 
 
-def verdict_fields(store, conn, exp: dict, objective: float, std: float | None, cfg) -> dict:
+def stop_note(steps, max_steps, stopped_by) -> str | None:
+    """'stopped by time at step 12/300' for a run that did not finish its step budget, else None."""
+    if stopped_by == "time" or (steps is not None and max_steps is not None and steps < max_steps):
+        return f"stopped by {stopped_by or 'time'} at step {steps if steps is not None else '?'}/{max_steps or '?'}"
+    return None
+
+
+def verdict_fields(store, conn, exp: dict, objective: float, std: float | None, cfg, stop: str | None = None) -> dict:
     """verdict, delta, kept, best_id_at_verdict, verdict_reason (+ group columns) for a succeeded run.
-    Seed reruns also refresh the group columns of the other members through `conn`."""
+    Seed reruns also refresh the group columns of the other members through `conn`. `stop`: the
+    run did not finish its step budget (stop_note)."""
     kind = exp.get("rerun_kind")
+    if stop and cfg.budget_rule == "steps" and kind != "reproduce":
+        best = store.best_for_verdict(conn)
+        delta = None if best is None else objective - best["objective"]
+        return {"verdict": "incomparable", "delta": delta, "kept": 0, "best_id_at_verdict": best["id"] if best else None,
+                "verdict_reason": (f"{stop}: it trained less than its step budget, so it is not compared (the step "
+                                   "budget decides; the time budget is a safety net). Fix: a human raises time_budget_s "
+                                   "in autoresearch.toml, or lower MAX_STEPS, or run when the machine is quieter")}
     if kind == "reproduce":
         ref = store.objective_of(conn, exp["rerun_of"])
         delta = None if ref is None else objective - ref
@@ -90,8 +119,9 @@ def verdict_fields(store, conn, exp: dict, objective: float, std: float | None, 
         return _group_verdict(store, conn, exp, objective, std, cfg)
     best = store.best_for_verdict(conn)
     v = judge(objective=objective, std=std, best=best, direction=cfg.direction, sigmas=cfg.noise_sigma)
+    time_rule = " (time-fair budget: runs are compared at equal seconds, steps vary)" if cfg.budget_rule == "time" else ""
     return {"verdict": v.verdict, "delta": v.delta, "kept": int(v.keep), "best_id_at_verdict": best["id"] if best else None,
-            "verdict_reason": v.reason + _best_note(best)}
+            "verdict_reason": v.reason + _best_note(best) + time_rule}
 
 
 def _group_verdict(store, conn, exp: dict, objective: float, std: float | None, cfg) -> dict:
@@ -106,13 +136,41 @@ def _group_verdict(store, conn, exp: dict, objective: float, std: float | None, 
     if best is not None and best["id"] in ids:
         fields.update(verdict=best["verdict"] or "baseline", delta=objective - best["objective"], kept=0,
                       best_id_at_verdict=best["id"],
-                      verdict_reason=(f"seed rerun of the current best #{best['id']}: {text}. The best's noise "
-                                      f"estimate is now {g['std']:.4g}; later runs need a gain > {cfg.noise_sigma:g} "
-                                      f"sigma = {cfg.noise_sigma:g} * sqrt(std_run^2 + {g['std']:.4g}^2)."))
+                      verdict_reason=(f"seed rerun of the current best #{best['id']} (delta measured against the "
+                                      f"group's mean): {text}. The best's noise estimate is now {g['std']:.4g}; later "
+                                      f"runs need a gain > {cfg.noise_sigma:g} sigma = {cfg.noise_sigma:g} * "
+                                      f"sqrt(std_run^2 + {g['std']:.4g}^2)."))
+        demoted = rejudge_best(store, conn, best["id"], ids, g, cfg)
+        if demoted:
+            fields["verdict_reason"] += " " + demoted
         return fields
     v = judge(objective=g["mean"], std=g["std"], best=best, direction=cfg.direction, sigmas=cfg.noise_sigma)
     fields.update(verdict=v.verdict, delta=v.delta, kept=int(v.keep), best_id_at_verdict=best["id"] if best else None,
-                  verdict_reason=f"{text}; the group vs the best: {v.reason}{_best_note(best)}")
+                  verdict_reason=(f"{text}; the group vs the best #{best['id'] if best else '-'} (delta = group mean "
+                                  f"minus the best's): {v.reason}{_best_note(best)}"))
     if v.keep:
         fields["verdict_reason"] += f". Kept: this row (snapshot of #{root}) is the new best."
     return fields
+
+
+def rejudge_best(store, conn, best_id: int, group_ids: list[int], g: dict, cfg) -> str | None:
+    """The best's group changed: judge it again against the run it replaced. If it no longer clears
+    the margin it stops being best (its kept rows are unkept: the previous best is best again) and
+    the change is recorded. Returns the sentence saying so, or None when it stays best."""
+    row = conn.execute("SELECT best_id_at_verdict, verdict FROM experiments WHERE id = ?", [best_id]).fetchone()
+    replaced_id = row[0] if row else None
+    if replaced_id is None or (row[1] or "") == "baseline":
+        return None
+    cur = conn.execute("SELECT id, coalesce(group_objective, objective), coalesce(group_std, objective_std) "
+                       "FROM experiments WHERE id = ?", [replaced_id]).fetchone()
+    if cur is None or cur[1] is None:
+        return None
+    replaced = {"id": cur[0], "objective": cur[1], "objective_std": cur[2]}
+    v = judge(objective=g["mean"], std=g["std"], best=replaced, direction=cfg.direction, sigmas=cfg.noise_sigma)
+    if v.verdict == "improved":
+        return None
+    reason = (f"no longer best: with {g['n']} seed runs its group mean {g['mean']:.6g} does not beat #{replaced_id} "
+              f"({replaced['objective']:.6g}) beyond the noise ({v.reason})")
+    store.unkeep(conn, group_ids, reason)
+    store.record_best_change(conn, best_id, replaced_id, "demoted", reason)
+    return f"Best #{best_id} is demoted: {reason}; #{replaced_id} is the best again."
