@@ -14,76 +14,147 @@ from pathlib import Path
 from sandbox import doctor_report
 
 from server import app, cli_research
-from server.render import ProgressBar, print_results, print_summary, print_table
+from server.cli_support import (UsageError, cancel_runs, experiment_id, follow, metric_info, open_lab,
+                                parse_params)
+from server.render import (Activity, ProgressBars, cli_text, print_detail, print_doctor, print_results,
+                           print_summary, print_table, state_words)
 from tools import clients, reruns, runs
 from tools import experiments as ex
 from tools.errors import ToolError
-from tools.init import available_presets, init_workspace
+from tools.init import TOY, available_presets, init_workspace
 from tools.lab import Lab
 
 
 def _lab(args):
-    return Lab.open(Path(args.workspace))
+    return open_lab(args)
+
+
+def _init(root: Path, preset: str, **kw) -> Path:
+    """init_workspace with a live line while it makes the data (minutes for the eCLIP presets)."""
+    if preset == TOY:
+        return init_workspace(root, preset=preset, **kw)
+    act = Activity(f"preparing the data for preset {preset} (synthetic prints and their cache; the first time "
+                   "takes a few minutes)")
+    try:
+        out = init_workspace(root, preset=preset, on_progress=act.line, **kw)
+    except BaseException:
+        act.done()
+        raise
+    act.done("data ready")
+    return out
 
 
 def cmd_init(args) -> int:
-    root = init_workspace(Path(args.dir), preset=args.preset, data=args.data, time_budget_s=args.time_budget,
-                          client_names=args.client, force=args.force, synthetic=args.synthetic)
+    root = _init(Path(args.dir), args.preset, data=args.data, time_budget_s=args.time_budget,
+                 client_names=args.client, force=args.force, synthetic=args.synthetic)
     print(f"workspace ready: {root}\n  next: cd {root} && claude   (or: autoresearch run -w {root} -m 'baseline')")
     return 0
 
 
+def _state(lab: Lab, exp_id: int) -> str:
+    row = lab.store.get_experiment(exp_id) or {"status": "?"}
+    metrics = {m["name"]: m["value"] for m in lab.store.metrics(exp_id, aggregate_only=True)}
+    return state_words(row, metrics)
+
+
+def run_and_follow(lab: Lab, ids: list[int], what: str) -> dict:
+    """Follow runs this command started; Ctrl-C cancels them and says so (exit 130)."""
+    bars = ProgressBars()
+    try:
+        return follow(lab, ids, bars)
+    except KeyboardInterrupt:
+        bars.stop()
+        print(f"\ninterrupted: cancelling {what} ...", file=sys.stderr, flush=True)
+        states = cancel_runs(lab, ids)
+        for i, st in states.items():
+            print(f"experiment {i}: {st}" + ("" if st in ("cancelled", "succeeded", "failed") else
+                                            f" (still ending: `autoresearch cancel {i}` again if it stays)"),
+                  file=sys.stderr)
+        print("(to leave a run going when you stop watching, start it with `autoresearch run --detach`)",
+              file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        bars.stop()
+
+
 def cmd_run(args) -> int:
     lab = _lab(args)
-    params = json.loads(args.params) if args.params else None
+    params = parse_params(args.params)
     exp_id = ex.submit_experiment(lab, args.message, args.hypothesis, args.time_budget, params)
-    bar = ProgressBar(args.time_budget or lab.config.time_budget_s)
-    s = ex.wait_for(lab, exp_id, on_progress=bar)
-    bar.done()
-    print_summary(s)
+    if args.detach:
+        print(f"experiment {exp_id} queued; it runs in the background.\n  follow: autoresearch watch {exp_id}\n"
+              f"  cancel: autoresearch cancel {exp_id}")
+        return 0
+    s = run_and_follow(lab, [exp_id], f"experiment {exp_id}")[exp_id]
+    print_summary(s, metric_info(lab)[0], _state(lab, exp_id))
+    return 0 if s.status == "succeeded" else 1
+
+
+def cmd_watch(args) -> int:
+    lab = _lab(args)
+    lab.experiment(args.id)
+    bars = ProgressBars()
+    try:
+        s = follow(lab, [args.id], bars)[args.id]
+    except KeyboardInterrupt:
+        bars.stop()
+        print(f"\nstopped watching; experiment {args.id} goes on. cancel it: autoresearch cancel {args.id}",
+              file=sys.stderr)
+        return 130
+    finally:
+        bars.stop()
+    print_summary(s, metric_info(lab)[0], _state(lab, args.id))
     return 0 if s.status == "succeeded" else 1
 
 
 def cmd_demo(args) -> int:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="autoresearch-demo-"))
     print(f"making a workspace in {root} (preset {args.preset}) ...", flush=True)
-    init_workspace(root, preset=args.preset, time_budget_s=args.time_budget, force=args.dir is not None)
+    _init(root, args.preset, time_budget_s=args.time_budget, force=args.dir is not None)
     lab = Lab.open(root)
-    bar = ProgressBar(lab.config.time_budget_s)
     exp_id = ex.submit_experiment(lab, "baseline", "the template as shipped")
-    s = ex.wait_for(lab, exp_id, on_progress=bar)
-    bar.done()
-    print_summary(s)
+    s = run_and_follow(lab, [exp_id], "the baseline")[exp_id]
+    metric, direction = metric_info(lab)
+    print_summary(s, metric, _state(lab, exp_id))
     if args.repeats and s.status == "succeeded":  # measure the noise: seed reruns of the baseline
         _, ids = reruns.submit_reruns(lab, exp_id, args.repeats)
-        for i in ids:
-            ex.wait_for(lab, i, on_progress=bar)
-        bar.done()
+        print(f"measuring the noise: {len(ids)} seed reruns of the baseline ({', '.join(map(str, ids))})",
+              file=sys.stderr)
+        run_and_follow(lab, ids, "the seed reruns")
         g = reruns.group_summary(lab, exp_id, ids)
-        print(f"baseline noise from {g.n} seeds: mean {g.mean:.4g}, seed std {g.seed_std or 0:.3g}, "
-              f"fold std {g.fold_std or 0:.3g}, std of the mean {g.std_of_mean:.3g}")
+        print(cli_research.group_line(g, metric))
     print()
-    print_results(ex.read_results(lab, 20))
+    print_results(ex.read_results(lab, 20), metric, direction, cli_research.states_of(lab, ex.read_results(lab, 20)))
     print(f"\nnext: cd {root} && claude")
     return 0 if s.status == "succeeded" else 1
 
 
 def cmd_results(args) -> int:
-    table = ex.read_results(_lab(args), args.limit, args.status, args.order_by, False)
+    lab = _lab(args)
+    table = ex.read_results(lab, args.limit, args.status, args.order_by, False)
     if args.json:
         print(table.model_dump_json(indent=1))
     else:
-        print_results(table)
+        metric, direction = metric_info(lab)
+        print_results(table, metric, direction, cli_research.states_of(lab, table))
     return 0
 
 
 def cmd_show(args) -> int:
-    print(ex.show_experiment(_lab(args), args.id).model_dump_json(indent=1))
+    lab = _lab(args)
+    d = ex.show_experiment(lab, args.id)
+    if args.json:
+        print(d.model_dump_json(indent=1))
+    else:
+        print_detail(d, metric_info(lab)[0], _state(lab, args.id))
     return 0
 
 
 def cmd_revert(args) -> int:
-    target = "best" if args.target == "best" else int(args.target)
+    if args.target != "best" and not args.target.strip().isdigit():
+        raise UsageError(f"{args.target!r} is neither 'best' nor an experiment id. Fix: `autoresearch revert best` or "
+                         "`autoresearch revert 3` (ids from `autoresearch results`).")
+    target = "best" if args.target == "best" else experiment_id(args.target)
     r = ex.revert(_lab(args), target)
     print(f"restored {', '.join(r.restored) or 'nothing (already equal)'} from experiment {r.experiment_id} "
           f"({r.snapshot_commit[:10]})")
@@ -106,7 +177,10 @@ def cmd_notes(args) -> int:
 
 
 def cmd_cancel(args) -> int:
-    print(runs.request_cancel(_lab(args), args.id))
+    lab = _lab(args)
+    st = runs.request_cancel(lab, args.id)
+    print({"cancelling": f"experiment {args.id}: cancelling (the run stops within seconds)",
+           "cancelled": f"experiment {args.id}: cancelled"}.get(st, f"experiment {args.id} is already {st}"))
     return 0
 
 
@@ -123,18 +197,8 @@ def cmd_doctor(args) -> int:
     report = doctor_report()
     if args.json:
         print(json.dumps(report, indent=1, default=str))
-        return 0
-    for key, value in report.items():
-        if isinstance(value, dict):
-            print(f"{key}:")
-            for k, v in value.items():
-                print(f"  {k}: {v}")
-        elif isinstance(value, list):
-            print(f"{key}:")
-            for v in value:
-                print(f"  - {v}")
-        else:
-            print(f"{key}: {value}")
+    else:
+        print_doctor(report)
     return 0
 
 
@@ -156,8 +220,23 @@ def cmd_serve(args) -> int:
     return 0
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line with the fix (exit 2), not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message}. Fix: see `{self.prog} --help`.\n")
+
+
+def _id(text: str) -> int:
+    try:
+        return experiment_id(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an experiment id (a number from `autoresearch results`)") \
+            from None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="autoresearch", description=__doc__)
+    p = Parser(prog="autoresearch", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     def ws(sp):
@@ -201,7 +280,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--hypothesis")
     sp.add_argument("--time-budget", type=float)
     sp.add_argument("--params", help='JSON overrides, e.g. \'{"LR": 1e-4}\'')
+    sp.add_argument("--detach", action="store_true",
+                    help="queue it and return (follow: autoresearch watch ID; cancel: autoresearch cancel ID); "
+                         "without it, Ctrl-C cancels the run")
     sp.set_defaults(fn=cmd_run)
+
+    sp = ws(sub.add_parser("watch", help="follow a queued or running experiment with a progress bar"))
+    sp.add_argument("id", type=_id)
+    sp.set_defaults(fn=cmd_watch)
 
     sp = ws(sub.add_parser("results", help="the results table"))
     sp.add_argument("--limit", type=int, default=20)
@@ -210,8 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_results)
 
-    sp = ws(sub.add_parser("show", help="one experiment in full (JSON)"))
-    sp.add_argument("id", type=int)
+    sp = ws(sub.add_parser("show", help="one experiment in full: outcome, config, metrics, diff, log"))
+    sp.add_argument("id", type=_id)
+    sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_show)
 
     sp = ws(sub.add_parser("revert", help="restore the editable files from a snapshot"))
@@ -220,7 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = ws(sub.add_parser("note", help="write a note"))
     sp.add_argument("text")
-    sp.add_argument("--experiment", type=int)
+    sp.add_argument("--experiment", type=_id)
     sp.add_argument("--tag", action="append")
     sp.set_defaults(fn=cmd_note)
 
@@ -231,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_notes)
 
     sp = ws(sub.add_parser("cancel", help="cancel a queued or running experiment"))
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=_id)
     sp.set_defaults(fn=cmd_cancel)
 
     sp = ws(sub.add_parser("audit", help="every tool call, oldest first"))
@@ -239,10 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(fn=cmd_audit)
 
     sp = sub.add_parser("doctor", help="sandbox backend, limits, GPU: what is available and why")
-    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--json", action="store_true", help="the full report as JSON (for scripts)")
     sp.set_defaults(fn=cmd_doctor)
 
-    cli_research.add_commands(sub, ws)
+    cli_research.add_commands(sub, ws, _id)
     return p
 
 
@@ -251,9 +338,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ToolError as exc:
-        print(f"autoresearch: {exc}", file=sys.stderr)
+        print(f"autoresearch {args.command}: {cli_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
         return 130
 
 

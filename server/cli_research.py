@@ -1,6 +1,6 @@
-"""CLI commands for research integrity and search: evaluate-test, rerun, reproduce, suggest, plot,
-export, integrity. `server.cli.build_parser` calls `add_commands`. Each command is audited as
-`cli:<name>`."""
+"""CLI commands for research integrity, search and looking back: evaluate-test, rerun, reproduce,
+suggest, plot, export, integrity, compare, search, trajectory, dashboard. `server.cli.build_parser`
+calls `add_commands`. Each command but the dashboard is audited as `cli:<name>`."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import sys
 import time
 from pathlib import Path
 
-from server.render import print_table
+from server import dashboard
+from server.cli_support import UsageError, cancel_runs, follow, metric_info, open_lab
+from server.render import (ProgressBars, cli_text, num, print_compare, print_reproduce, print_search, print_table,
+                           print_trajectory, state_words, verdict_words)
 from tools import experiments as ex
-from tools import hpo, plots, reproduce, reruns, testeval
+from tools import history, hpo, plots, reproduce, reruns, search, testeval
 from tools.errors import ToolError
-from tools.lab import Lab
 
 
 def _audited(lab, name: str, arguments: dict, fn):
@@ -29,7 +31,43 @@ def _audited(lab, name: str, arguments: dict, fn):
 
 
 def _lab(args):
-    return Lab.open(Path(args.workspace))
+    return open_lab(args)
+
+
+def states_of(lab, table) -> dict[int, str]:
+    """Each row's state in words (truncated runs say where they stopped)."""
+    out = {}
+    for r in table.rows:
+        row = lab.store.get_experiment(r.id) or {"status": r.status}
+        metrics = {m["name"]: m["value"] for m in lab.store.metrics(r.id, aggregate_only=True)}
+        out[r.id] = state_words(row, metrics)
+    return out
+
+
+def group_line(g, metric: str) -> str:
+    name = metric.replace("_", " ")
+    text = (f"seed group of experiment {g.experiment_id}: {g.n} runs, mean {name} {num(g.mean)}, "
+            f"seed std {num(g.seed_std, 3)}, fold std {num(g.fold_std, 3)}, std of the mean {num(g.std_of_mean, 3)}")
+    if g.verdict:
+        text += f"\n  verdict {verdict_words(g.verdict)}: {cli_text(g.verdict_reason)}"
+    if g.next:
+        text += f"\n  next: {cli_text(g.next)}"
+    return text
+
+
+def _follow_started(lab, ids: list[int], what: str) -> None:
+    """Follow runs this command queued with bars; Ctrl-C cancels them (exit 130)."""
+    bars = ProgressBars()
+    try:
+        follow(lab, ids, bars)
+    except KeyboardInterrupt:
+        bars.stop()
+        print(f"\ninterrupted: cancelling {what} ...", file=sys.stderr, flush=True)
+        for i, st in cancel_runs(lab, ids).items():
+            print(f"experiment {i}: {st}", file=sys.stderr)
+        raise SystemExit(130) from None
+    finally:
+        bars.stop()
 
 
 def cmd_evaluate_test(args) -> int:
@@ -46,14 +84,15 @@ def cmd_evaluate_test(args) -> int:
     if args.json:
         print(r.model_dump_json(indent=1))
     else:
-        std = f" +- {r.objective_std:.4g}" if r.objective_std is not None else ""
+        std = f" ± {num(r.objective_std, 3)}" if r.objective_std is not None else ""
         print(f"test evaluation {r.id} of experiment {r.experiment_id} ({r.snapshot_commit[:10]}): {r.status}")
         if r.objective is not None:
-            print(f"  test {lab.config.objective}: {r.objective:.6g}{std}  ({r.duration_s}s, sandbox {r.sandbox})")
+            print(f"  test {metric_info(lab)[0].replace('_', ' ')}: {num(r.objective)}{std}  "
+                  f"({num(r.duration_s, 3)} s, sandbox {r.sandbox})")
         for k, v in list(r.metrics.items())[:20]:
-            print(f"  {k}: {v:.6g}")
+            print(f"  {k}: {num(v)}")
         if r.error:
-            print("  error: " + r.error.replace("\n", "\n  "))
+            print("  error: " + cli_text(r.error).replace("\n", "\n  "))
     return 0 if r.status == "succeeded" else 1
 
 
@@ -61,13 +100,10 @@ def cmd_rerun(args) -> int:
     lab = _lab(args)
     root, ids = _audited(lab, "rerun", {"experiment_id": args.id, "seeds": args.seeds},
                          lambda: reruns.submit_reruns(lab, args.id, args.seeds))
-    print(f"queued seed reruns {ids} of experiment {root}", file=sys.stderr)
-    for i in ids:
-        ex.wait_for(lab, i)
+    print(f"queued {len(ids)} seed reruns of experiment {root}: {', '.join(map(str, ids))}", file=sys.stderr)
+    _follow_started(lab, ids, "the seed reruns")
     g = reruns.group_summary(lab, root, ids)
-    print(g.model_dump_json(indent=1) if args.json else
-          f"group of experiment {root}: n={g.n} mean={g.mean} seed_std={g.seed_std} fold_std={g.fold_std} "
-          f"std_of_mean={g.std_of_mean}\n  verdict {g.verdict}: {g.verdict_reason}")
+    print(g.model_dump_json(indent=1) if args.json else group_line(g, metric_info(lab)[0]))
     return 0
 
 
@@ -75,9 +111,13 @@ def cmd_reproduce(args) -> int:
     lab = _lab(args)
     new_id = _audited(lab, "reproduce", {"experiment_id": args.id},
                       lambda: reproduce.submit_reproduction(lab, args.id))
-    ex.wait_for(lab, new_id)
+    print(f"reproducing experiment {args.id} as experiment {new_id} (same snapshot, same seed)", file=sys.stderr)
+    _follow_started(lab, [new_id], f"the reproduction (experiment {new_id})")
     r = reproduce.report(lab, args.id, new_id)
-    print(r.model_dump_json(indent=1))
+    if args.json:
+        print(r.model_dump_json(indent=1))
+    else:
+        print_reproduce(r, metric_info(lab)[0])
     return 0 if r.verdict in ("identical", "within_noise") else 1
 
 
@@ -90,6 +130,8 @@ def cmd_suggest(args) -> int:
         print(f"study {r.study} ({r.sampler}): {r.trials_complete} complete, {r.trials_failed} failed; {r.storage}")
         for s in r.suggestions:
             print(f"  trial {s.trial}: autoresearch run -m 'suggest trial {s.trial}' --params '{json.dumps(s.params)}'")
+        if getattr(r, "next", None):
+            print(f"  next: {cli_text(r.next)}")
     return 0
 
 
@@ -98,7 +140,12 @@ def cmd_plot(args) -> int:
     png = _audited(lab, "plot", {"limit": args.limit}, lambda: plots.progress_png(lab, args.limit))
     out = args.output or str(lab.root / "progress.png")
     plots.write_atomic(out, png)
-    print(f"wrote {out} ({len(png)} bytes)")
+    print(f"wrote {out} ({len(png) // 1024} KiB)")
+    if args.curves:
+        png = plots.loss_curves_png(lab)
+        out = str(Path(out).with_name(Path(out).stem + "-loss.png"))
+        plots.write_atomic(out, png)
+        print(f"wrote {out} ({len(png) // 1024} KiB)")
     return 0
 
 
@@ -131,21 +178,73 @@ def cmd_integrity(args) -> int:
     return 0
 
 
-def add_commands(sub, ws) -> None:
+def cmd_compare(args) -> int:
+    lab = _lab(args)
+    c = _audited(lab, "compare", {"a": args.a, "b": args.b}, lambda: history.compare_experiments(lab, args.a, args.b))
+    if args.json:
+        print(c.model_dump_json(indent=1))
+    else:
+        print_compare(c, metric_info(lab)[0])
+    return 0
+
+
+def cmd_search(args) -> int:
+    lab = _lab(args)
+    text = " ".join(args.text)
+    page = _audited(lab, "search", {"query": text, "status": args.status, "limit": args.limit},
+                    lambda: search.search_experiments(lab, text, args.status, None, args.limit))
+    if args.json:
+        print(page.model_dump_json(indent=1))
+    else:
+        print_search(page)
+    return 0
+
+
+def cmd_trajectory(args) -> int:
+    lab = _lab(args)
+    t = _audited(lab, "trajectory", {"limit": args.limit}, lambda: history.best_trajectory(lab, args.limit))
+    if args.json:
+        print(t.model_dump_json(indent=1))
+    else:
+        print_trajectory(t, *metric_info(lab))
+    return 0
+
+
+def cmd_dashboard(args) -> int:
+    lab = _lab(args)
+    token = dashboard.load_token(args.token_file) if args.token_file else None
+    if not dashboard.is_loopback(args.host) and token is None:
+        raise UsageError(f"--host {args.host} is reachable from other machines, so the dashboard needs a bearer "
+                         "token. Fix: add --token-file FILE (the HTTP MCP server's token file, mode 0600), or keep "
+                         "the default --host 127.0.0.1.")
+    server = dashboard.make_server(lab, args.host, args.port, token=token)
+    host, port = server.server_address[:2]
+    print(f"dashboard of {lab.root}: http://{host}:{port}/  (read-only; Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("\ndashboard stopped", file=sys.stderr)
+    finally:
+        server.server_close()
+    return 0
+
+
+def add_commands(sub, ws, exp_id=int) -> None:
     sp = ws(sub.add_parser("evaluate-test", help="evaluate one experiment ONCE on the held-out test split (humans)"))
-    sp.add_argument("id", type=int, help="experiment id (e.g. the best)")
+    sp.add_argument("id", type=exp_id, help="experiment id (e.g. the best)")
     sp.add_argument("--again", action="store_true", help="evaluate even though it was evaluated before")
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_evaluate_test)
 
     sp = ws(sub.add_parser("rerun", help="rerun an experiment's snapshot with new seeds (noise estimate)"))
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=exp_id)
     sp.add_argument("--seeds", type=int, default=2)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_rerun)
 
     sp = ws(sub.add_parser("reproduce", help="rerun an experiment exactly (same seed) and report the difference"))
-    sp.add_argument("id", type=int)
+    sp.add_argument("id", type=exp_id)
+    sp.add_argument("--json", action="store_true")
     sp.set_defaults(fn=cmd_reproduce)
 
     sp = ws(sub.add_parser("suggest", help="propose hyperparameters with Optuna over the search_space"))
@@ -156,6 +255,8 @@ def add_commands(sub, ws) -> None:
     sp = ws(sub.add_parser("plot", help="write the progress plot (PNG)"))
     sp.add_argument("-o", "--output", help="file (default: WORKSPACE/progress.png)")
     sp.add_argument("--limit", type=int, default=500)
+    sp.add_argument("--curves", action="store_true", help="also write the loss curves of the best and latest runs "
+                                                          "(FILE-loss.png)")
     sp.set_defaults(fn=cmd_plot)
 
     sp = ws(sub.add_parser("export", help="write results.tsv (karpathy/autoresearch format)"))
@@ -166,3 +267,27 @@ def add_commands(sub, ws) -> None:
     sp = ws(sub.add_parser("integrity", help="denied accesses recorded from runs, and the test evaluations"))
     sp.add_argument("--limit", type=int, default=100)
     sp.set_defaults(fn=cmd_integrity)
+
+    sp = ws(sub.add_parser("compare", help="what separates two experiments: config, code diff, metrics with noise"))
+    sp.add_argument("a", type=exp_id, help="the reference, e.g. the best")
+    sp.add_argument("b", type=exp_id)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_compare)
+
+    sp = ws(sub.add_parser("search", help="full-text search of descriptions, hypotheses, notes and code changes"))
+    sp.add_argument("text", nargs="+", help="words, e.g. warmup lr ('warm*' matches a prefix)")
+    sp.add_argument("--status")
+    sp.add_argument("--limit", type=int, default=10)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_search)
+
+    sp = ws(sub.add_parser("trajectory", help="the best-so-far trajectory: each run that became the best"))
+    sp.add_argument("--limit", type=int, default=30)
+    sp.add_argument("--json", action="store_true")
+    sp.set_defaults(fn=cmd_trajectory)
+
+    sp = ws(sub.add_parser("dashboard", help="a read-only web page of the workspace, live while runs go"))
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    sp.add_argument("--port", type=int, default=8765, help="port (0: any free one)")
+    sp.add_argument("--token-file", help="bearer token file (needed when --host is not loopback)")
+    sp.set_defaults(fn=cmd_dashboard)
