@@ -11,6 +11,8 @@ from typing import Callable
 from model.odvg import ODVGError, resolve_dataset  # torch-free
 from model.presets import list_presets, preset_folds, render_template
 from tools import clients
+from tools.calibrate import calibrate as calibrate_workspace
+from tools.lab import Lab
 from tools.hpo import default_search_space, search_space_toml
 from tools.config import CONFIG_NAME, STATE_DIR, render_config
 from tools.errors import ToolError
@@ -81,7 +83,7 @@ def test_annotations_of(data_path: Path) -> Path | None:
 
 def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None, time_budget_s: float | None = None,
                    client_names: list[str] | None = None, force: bool = False, synthetic: str = "default",
-                   on_progress: Callable[[str], None] | None = None) -> Path:
+                   on_progress: Callable[[str], None] | None = None, calibrate: bool = False) -> Path:
     root = Path(root).resolve()
     if (root / CONFIG_NAME).exists() and not force:
         raise ToolError(f"{root} is already a workspace ({CONFIG_NAME} exists). Fix: pick another folder or --force.")
@@ -129,4 +131,12 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
     ws = Workspace(root, ["train.py"])
     if ws.head() is None:
         ws.commit_all(f"autoresearch workspace ({preset} preset)")
+    if calibrate and preset != TOY and time_budget_s is None:  # measure this machine: a budget the steps fit in
+        lab = Lab.open(root)
+        try:
+            if calibrate_workspace(lab, on_line=on_progress or print) is not None:
+                ws.git("commit", "-q", "-m", "calibrated time budget and threads for this machine", "--",
+                       CONFIG_NAME, check=False)
+        finally:
+            lab.close()
     return root
