@@ -1,37 +1,54 @@
-"""What every MCP tool shares: the open workspace, the call helper (worker thread, store lock,
-audit, errors), following a run with progress notifications, and the tool annotations.
+"""What every MCP tool shares: the open workspace, the call helper (worker thread, store lock, clear
+errors), bounded results, following runs with progress notifications, and the tool annotations.
 
-Tool modules (server/*_tools.py) import from here; server/app.py builds the MCPServer and
-registers them. Nothing here registers anything.
+Tool modules (server/*_tools.py) import from here; server/app.py builds the MCPServer, registers
+them and audits every request (its middleware). Nothing here registers anything.
+
+Bounds: every tool result is at most MAX_RESULT_BYTES of JSON (structured content; the text block is
+the same JSON, compact and without nulls, so never bigger). A longer string is cut with a marker
+"…[cut N chars]", a longer list loses its last items (tables say `total`). plot_progress returns
+one PNG (tools/plots.py bounds it). A call that waits for a run returns after wait_s at most (the
+workspace's max_wait_s, 40 s by default) with the id and how to follow.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import math
+import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Annotated, Any, Callable
 
 import anyio
+from pydantic import BaseModel, Field
 
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.exceptions import ResourceError, ResourceNotFoundError
 from mcp.server.mcpserver.exceptions import ToolError as MCPToolError
-from mcp.types import ToolAnnotations
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
 
 from tools import experiments as ex
 from tools import runs
 from tools.errors import ToolError
 from tools.lab import Lab
+from tools.rundir import CACHE_STATUS, fold_dirs, latest_progress, read_cache_status
 from tools.schemas import RunSummary
 from tools.store import TERMINAL
 
-READ_ONLY = ToolAnnotations(readOnlyHint=True, idempotentHint=True, openWorldHint=False)
-WRITES = ToolAnnotations(readOnlyHint=False, destructiveHint=False, idempotentHint=False, openWorldHint=False)
-DESTRUCTIVE = ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True, openWorldHint=False)
+log = logging.getLogger("autoresearch.server")
 
-PROGRESS_EVERY_S = 5.0
+# spec defaults (readOnlyHint false, idempotentHint false) are left out: tools/list stays lean
+READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+WRITES = ToolAnnotations(destructiveHint=False, openWorldHint=False)
+DESTRUCTIVE = ToolAnnotations(destructiveHint=True, idempotentHint=True, openWorldHint=False)
+
+MAX_RESULT_BYTES = 8192
+HEARTBEAT_S = 15.0     # an unchanged state is re-reported (a little further on) this often, never more
 POLL_S = 1.0
+TINY = 1e-3            # how far a heartbeat moves progress when the clock stands still (queued)
 
 
 class _State:
@@ -62,38 +79,108 @@ def current_lab() -> Lab:
     return state.lab
 
 
-async def call(tool: str, arguments: dict[str, Any], fn: Callable[[Lab], Any], *, audit: bool = True) -> Any:
-    """Run fn(lab) in a worker thread; audit it; turn our errors into MCP tool errors."""
+def internal_error(what: str, exc: BaseException) -> str:
+    """The text of an error we did not anticipate: what failed and what to do, never a bare 'Error'."""
+    log.error("%s failed", what, exc_info=exc)
+    return (f"{what} failed with an internal error ({type(exc).__name__}: {str(exc)[:200]}); nothing is known to "
+            "have changed. Fix: check the arguments against the tool's schema and retry; if it persists, report it "
+            "with the server log")
+
+
+async def call(tool: str, fn: Callable[[Lab], Any]) -> Any:
+    """Run fn(lab) in a worker thread under the store lock; our errors (and any other) become clear
+    MCP tool errors. The request itself is audited by server/app.py's middleware."""
     lab = current_lab()
 
     def body():
         with state.lock:
-            t0 = time.perf_counter()
-            try:
-                out = fn(lab)
-            except ToolError as exc:
-                if audit:
-                    lab.store.audit(tool, arguments, "error", str(exc), (time.perf_counter() - t0) * 1000)
-                raise
-            if audit:
-                lab.store.audit(tool, arguments, "ok", _brief(out), (time.perf_counter() - t0) * 1000)
-            return out
+            return fn(lab)
 
     try:
         return await anyio.to_thread.run_sync(body)
     except ToolError as exc:
         raise MCPToolError(str(exc)) from None
+    except (MCPToolError, ResourceError):
+        raise
+    except Exception as exc:
+        raise MCPToolError(internal_error(tool, exc)) from None
 
 
-def _brief(out: Any) -> str:
-    if hasattr(out, "model_dump_json"):
-        return out.model_dump_json()[:500]
-    return str(out)[:500]
+# -- bounded results ----------------------------------------------------------------------------
+def _size(data) -> int:
+    return len(json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode())
 
 
-async def read_resource(fn: Callable[[Lab], str]) -> str:
-    """Run a resource read in a worker thread, under the store lock; our errors reach the client
-    as ResourceError with the reason and the fix (anything else shows as a bare 'Error reading')."""
+def _drop_nulls(data):
+    if isinstance(data, dict):
+        return {k: _drop_nulls(v) for k, v in data.items() if v is not None}
+    if isinstance(data, list):
+        return [_drop_nulls(v) for v in data]
+    return data
+
+
+def _largest(data, path=()):
+    """(size, path) of the biggest string or non-empty list inside data."""
+    best = (0, None)
+    if isinstance(data, str):
+        return (len(data.encode()), path)
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    if isinstance(data, list) and data:
+        best = (_size(data), path)
+    for k, v in items:
+        if isinstance(v, (str, list, dict)):
+            cand = _largest(v, (*path, k))
+            if cand[1] is not None and cand[0] > best[0]:
+                best = cand
+    return best
+
+
+def bounded(data: dict, limit: int = MAX_RESULT_BYTES, model: type[BaseModel] | None = None) -> dict:
+    """data cut down to `limit` bytes of JSON: the biggest strings are cut (with a marker), the longest
+    lists lose their last items; the result still validates against `model`."""
+    excess = _size(data) - limit
+    for _ in range(200):
+        if excess <= 0:
+            return data
+        size, path = _largest(data)
+        if path is None or size < 64:
+            break
+        parent = data
+        for k in path[:-1]:
+            parent = parent[k]
+        value = parent[path[-1]] if path else data
+        if isinstance(value, str):
+            keep = max(32, len(value) - excess - 40)
+            keep = min(keep, len(value) - 40)
+            parent[path[-1]] = value[:keep] + f"…[cut {len(value) - keep} chars]"
+        else:
+            n = len(value)
+            del value[n - min(n, max(1, math.ceil(excess / max(1, size // n)))):]
+        excess = _size(data) - limit
+    if model is not None and excess > 0:
+        raise MCPToolError(f"the result is larger than {limit} bytes even when cut. Fix: ask for fewer rows "
+                           "(a smaller limit)")
+    return data
+
+
+def respond(out: BaseModel, limit: int = MAX_RESULT_BYTES) -> CallToolResult:
+    """A model as a bounded tool result: structured content without nulls (the output schemas make
+    nullable fields optional), and the same JSON, compact, as the one text block (clients that show
+    only text see everything; it is never bigger than the structured content)."""
+    data = bounded(_drop_nulls(out.model_dump(mode="json")), limit, type(out))
+    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
+
+
+def resource_json(out: BaseModel, limit: int = 4 * MAX_RESULT_BYTES) -> str:
+    return json.dumps(_drop_nulls(bounded(out.model_dump(mode="json"), limit, type(out))),
+                      separators=(",", ":"), ensure_ascii=False)
+
+
+async def read_resource(fn: Callable[[Lab], str], *, about_params: bool = False) -> str:
+    """Run a resource read in a worker thread, under the store lock. With about_params, our errors
+    concern the URI's parameters (an experiment that does not exist): -32602 with the reason and the
+    fix; otherwise -32603 with them."""
     try:
         lab = current_lab()
     except MCPToolError as exc:
@@ -106,37 +193,129 @@ async def read_resource(fn: Callable[[Lab], str]) -> str:
     try:
         return await anyio.to_thread.run_sync(body)
     except ToolError as exc:
-        raise ResourceError(str(exc)) from None
+        raise (ResourceNotFoundError if about_params else ResourceError)(str(exc)) from None
+    except ResourceError:
+        raise
+    except Exception as exc:
+        raise ResourceError(internal_error("reading the resource", exc)) from None
 
 
-async def follow(exp_id: int, ctx: Context | None, wait_s: float | None) -> RunSummary:
-    """Poll the store until the run ends (or wait_s passes), sending progress notifications."""
-    lab = current_lab()
-    deadline = None if wait_s is None else time.monotonic() + wait_s
-    last_sent, last_msg = 0.0, None
+# -- waiting for runs, with progress -----------------------------------------------------------
+WaitS = Annotated[float | None, Field(None, ge=0, le=3600, description=(
+    "seconds to wait for the end (default and cap: the workspace's max_wait_s, 40); 0: return at once"))]
+
+
+def wait_bound(lab: Lab, wait_s: float | None) -> tuple[float, float]:
+    """(seconds this call may wait, the workspace's max_wait_s)."""
+    limit = float(lab.config.max_wait_s)
+    return (limit if wait_s is None else max(0.0, min(float(wait_s), limit))), limit
+
+
+class Progress:
+    """The progress of one request: one clock (seconds since the followed run started; queued time
+    counts as 0), strictly increasing across every notification, including the runs a request
+    follows one after another; an unchanged state is re-sent only as a heartbeat every HEARTBEAT_S,
+    moved on by at least TINY. `total` is what bounds the runs (budget + grace per process, and the
+    scorer's timeout), never below the progress."""
+
+    def __init__(self, ctx: Context | None, runs: int = 1):
+        self.ctx, self.runs_left = ctx, max(1, runs)
+        self.offset = 0.0
+        self.last: float | None = None
+        self.total: float | None = None
+        self.last_msg: str | None = None
+        self.sent_at = -math.inf
+        self.sent: list[tuple[float, float | None, str]] = []  # for tests and the log
+
+    def next_run(self) -> None:
+        """The request moves on to its next run: that run's clock starts where this one stopped."""
+        self.offset = self.last or 0.0
+        self.runs_left = max(1, self.runs_left - 1)
+
+    async def report(self, value: float, bound: float, msg: str) -> None:
+        if self.ctx is None:
+            return
+        now = time.monotonic()
+        if msg == self.last_msg and now - self.sent_at < HEARTBEAT_S:
+            return
+        v = self.offset + max(0.0, value)
+        if self.last is not None and v <= self.last:
+            v = self.last + TINY
+        total = max(self.offset + bound + (self.runs_left - 1) * bound, v, self.total or 0.0)
+        v, total = round(v, 3), round(total, 3)
+        if self.last is not None and v <= self.last:
+            v = round(self.last + TINY, 3)
+        self.last, self.total, self.last_msg, self.sent_at = v, total, msg, now
+        self.sent.append((v, total, msg))
+        await self.ctx.report_progress(v, total, msg)
+
+
+def _observe(lab: Lab, exp_id: int) -> tuple[RunSummary, float, float, str]:
+    """(summary, seconds since it started (0 while queued), what bounds it in seconds, the message)."""
+    s = ex.summary(lab, exp_id)
+    exp = lab.experiment(exp_id)
+    cfg = lab.config
+    eclip = cfg.scorer == "eclip"
+    procs = cfg.folds if eclip else 1
+    bound = float(exp["time_budget_s"] or cfg.time_budget_s) + procs * cfg.timeout_grace_s + \
+        (0.0 if eclip else cfg.scorer_timeout_s)
+    started = exp["started_at"]
+    if s.status == "queued" or not started:
+        return s, 0.0, bound, f"experiment {exp_id} queued"
+    elapsed = max(0.0, time.time() - started)
+    run_dir = lab.run_dir(exp_id)
+    parts = [f"experiment {exp_id} {s.status}"]
+    if eclip:  # the harness builds each fold's data first (not charged to the budget): the bound moves on
+        status = read_cache_status(run_dir)
+        if status and status.startswith("building"):
+            bound += elapsed
+            parts.append(status[:120])
+        else:
+            try:
+                bound += max(0.0, os.lstat(run_dir / CACHE_STATUS).st_mtime - started)
+            except OSError:
+                pass
+        folds = fold_dirs(run_dir)
+        if folds and cfg.folds > 1:
+            parts.append(f"fold {len(folds)}/{cfg.folds}")
+    p = latest_progress(run_dir)
+    if p.step is not None:
+        parts.append(f"step {p.step}")
+    if p.loss is not None:
+        parts.append(f"loss {p.loss:.4g}")
+    return s, elapsed, bound, ", ".join(parts)
+
+
+async def follow(exp_id: int, progress: Progress, deadline: float) -> RunSummary:
+    """Poll until the run ends or the monotonic deadline passes, reporting progress."""
     while True:
-        s = await call("experiment_status", {"experiment_id": exp_id}, lambda lab: ex.summary(lab, exp_id),
-                       audit=False)
-        if s.status in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
+        s, value, bound, msg = await call("experiment_status", lambda lab: _observe(lab, exp_id))
+        if s.status in TERMINAL or time.monotonic() >= deadline:
             return s
-        if ctx is not None:
-            msg = progress_message(s)
-            now = time.monotonic()
-            if msg != last_msg or now - last_sent >= PROGRESS_EVERY_S:
-                budget = lab.config.time_budget_s
-                await ctx.report_progress(float(s.duration_s or 0.0), budget, msg)
-                last_sent, last_msg = now, msg
-        await anyio.sleep(POLL_S)
+        await progress.report(value, bound, msg)
+        await anyio.sleep(min(POLL_S, max(0.05, deadline - time.monotonic())))
 
 
-def progress_message(s: RunSummary) -> str:
-    if s.status == "queued":
-        return f"experiment {s.id} queued"
-    parts = [f"experiment {s.id} {s.status}"]
-    if s.step is not None:
-        parts.append(f"step {s.step}")
-    if s.loss is not None:
-        parts.append(f"loss {s.loss:.4f}")
-    if s.duration_s is not None:
-        parts.append(f"{s.duration_s:.0f}s")
-    return ", ".join(parts)
+def follow_hint(exp_ids: list[int], limit: float) -> str:
+    """How to follow runs that are still going when a call returns."""
+    which = f"experiment_id={exp_ids[0]}" if len(exp_ids) == 1 else f"experiment_id=<each of {exp_ids}>"
+    return (f"follow with experiment_status({which}, wait_s={limit:g}) (it returns when the run ends, or after "
+            f"{limit:g} s with progress on the way), or cancel_experiment; meanwhile read_notes / "
+            "search_experiments to plan the next change")
+
+
+async def wait_for(exp_ids: list[int], ctx: Context | None, wait_s: float | None) -> list[RunSummary]:
+    """Follow runs one after another for at most the call's wait; unfinished ones say how to follow."""
+    waited, limit = wait_bound(current_lab(), wait_s)
+    t0 = time.monotonic()
+    deadline = t0 + waited
+    progress = Progress(ctx, len(exp_ids))
+    out = []
+    for i, exp_id in enumerate(exp_ids):
+        if i:
+            progress.next_run()
+        s = await follow(exp_id, progress, deadline)
+        if s.status not in TERMINAL:
+            s.next = f"still {s.status} after {time.monotonic() - t0:.0f} s: " + follow_hint([exp_id], limit)
+        out.append(s)
+    return out

@@ -9,9 +9,10 @@ from pydantic import Field
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
-from mcp.server.mcpserver.exceptions import ResourceError
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError
 
-from server.calls import DESTRUCTIVE, READ_ONLY, WRITES, call, current_lab, follow, read_resource
+from server.calls import (DESTRUCTIVE, READ_ONLY, WRITES, WaitS, call, current_lab, read_resource, resource_json,
+                          respond, wait_for)
 from tools import experiments as ex
 from tools import program, runs
 from tools.schemas import (Description, ExperimentDetail, ExperimentId, Hypothesis, Limit, NoteOut, NotesPage,
@@ -25,40 +26,28 @@ async def run_experiment(
     hypothesis: Hypothesis = None,
     time_budget_s: TimeBudget = None,
     params: Params = None,
-    wait: Annotated[bool, Field(description="true: block until done (progress is streamed); false: return the id at once")] = True,
+    wait_s: WaitS = None,
     ctx: Context | None = None,
 ) -> RunSummary:
-    """Snapshot the editable files and run one sandboxed experiment with the workspace's command.
-
-    Returns id, status, objective, delta vs the best, the noise-aware verdict and, on failure, the
-    log tail. With wait=false, returns at once; then poll experiment_status(id). Closing the call
-    does not stop the run: use cancel_experiment for that."""
-    args = {"description": description, "hypothesis": hypothesis, "time_budget_s": time_budget_s,
-            "params": params, "wait": wait}
-    exp_id = await call("run_experiment", args,
-                         lambda lab: ex.submit_experiment(lab, description, hypothesis, time_budget_s, params))
-    if not wait:
-        return await call("experiment_status", {"experiment_id": exp_id}, lambda lab: ex.summary(lab, exp_id),
-                           audit=False)
-    return await follow(exp_id, ctx, None)
+    """Snapshot the editable files and run one sandboxed experiment. Returns its result (objective,
+    delta_vs_best, verdict, error) if it ends within wait_s, else its id and `next`: follow with
+    experiment_status. The run goes on after the call returns."""
+    exp_id = await call("run_experiment",
+                        lambda lab: ex.submit_experiment(lab, description, hypothesis, time_budget_s, params))
+    return respond((await wait_for([exp_id], ctx, wait_s))[0])
 
 
-async def experiment_status(
-    experiment_id: ExperimentId,
-    wait_s: Annotated[float, Field(ge=0, le=240, description="long-poll up to this many seconds for the end")] = 0,
-    ctx: Context | None = None,
-) -> RunSummary:
-    """Status of one experiment: queued/running (latest step and loss) or the final result."""
-    await call("experiment_status", {"experiment_id": experiment_id, "wait_s": wait_s},
-                lambda lab: ex.summary(lab, experiment_id))
-    return await follow(experiment_id, ctx, wait_s)
+async def experiment_status(experiment_id: ExperimentId, wait_s: WaitS = None,
+                            ctx: Context | None = None) -> RunSummary:
+    """One experiment: queued/running (step, loss) or its result; waits up to wait_s for the end."""
+    return respond((await wait_for([experiment_id], ctx, wait_s))[0])
 
 
-async def cancel_experiment(experiment_id: ExperimentId, ctx: Context | None = None) -> RunSummary:
-    """Stop a queued or running experiment (its whole process tree) and record it as cancelled."""
-    await call("cancel_experiment", {"experiment_id": experiment_id},
-                lambda lab: runs.request_cancel(lab, experiment_id))
-    return await follow(experiment_id, ctx, 30)
+async def cancel_experiment(experiment_id: ExperimentId, wait_s: WaitS = None,
+                            ctx: Context | None = None) -> RunSummary:
+    """Stop a queued or running experiment (its whole process tree); recorded as cancelled."""
+    await call("cancel_experiment", lambda lab: runs.request_cancel(lab, experiment_id))
+    return respond((await wait_for([experiment_id], ctx, wait_s))[0])
 
 
 async def read_results(
@@ -67,23 +56,19 @@ async def read_results(
     order_by: Literal["objective", "created"] = "created",
     include_metrics: bool = False,
 ) -> ResultsTable:
-    """The experiments table (newest first, or best first with order_by='objective'), at most `limit` rows;
-    `total` counts all matches."""
-    return await call("read_results", {"limit": limit, "status": status, "order_by": order_by,
-                                        "include_metrics": include_metrics},
-                       lambda lab: ex.read_results(lab, limit, status, order_by, include_metrics))
+    """The experiments table, newest first (or best first: order_by='objective'); `total` counts all."""
+    return respond(await call("read_results",
+                              lambda lab: ex.read_results(lab, limit, status, order_by, include_metrics)))
 
 
 async def show_experiment(experiment_id: ExperimentId) -> ExperimentDetail:
-    """One experiment in full: config, every metric (per fold too), loss curve, the code diff against
-    its parent, and the log tail."""
-    return await call("show_experiment", {"experiment_id": experiment_id},
-                       lambda lab: ex.show_experiment(lab, experiment_id))
+    """One experiment in full: config, metrics (per fold too), loss curve, code diff vs its parent, log tail."""
+    return respond(await call("show_experiment", lambda lab: ex.show_experiment(lab, experiment_id)))
 
 
 async def revert(target: RevertTarget) -> RevertResult:
     """Restore the editable files (only those) to an experiment's snapshot, or to 'best'."""
-    return await call("revert", {"target": target}, lambda lab: ex.revert(lab, target))
+    return respond(await call("revert", lambda lab: ex.revert(lab, target)))
 
 
 async def write_note(
@@ -91,10 +76,9 @@ async def write_note(
     experiment_id: ExperimentId | None = None,
     tags: Tags = None,
 ) -> NoteOut:
-    """Add to the research notebook (your working memory across sessions): what changed, the verdict,
-    what you learned, the next idea. Link it to an experiment when it is about one."""
-    return await call("write_note", {"text": text, "experiment_id": experiment_id, "tags": tags},
-                       lambda lab: ex.write_note(lab, text, experiment_id, tags or []))
+    """Add to the research notebook (your memory across sessions): the change, the verdict, what you
+    learned, the next idea; link it to its experiment."""
+    return respond(await call("write_note", lambda lab: ex.write_note(lab, text, experiment_id, tags or [])))
 
 
 async def read_notes(
@@ -102,26 +86,25 @@ async def read_notes(
     tag: Annotated[str | None, Field(None, max_length=40)] = None,
     query: Annotated[str | None, Field(None, max_length=200, description="substring to search for")] = None,
 ) -> NotesPage:
-    """The research notebook, newest first; filter by tag or a search phrase."""
-    return await call("read_notes", {"limit": limit, "tag": tag, "query": query},
-                       lambda lab: ex.read_notes(lab, limit, tag, query))
+    """The research notebook, newest first; filter by tag or a phrase."""
+    return respond(await call("read_notes", lambda lab: ex.read_notes(lab, limit, tag, query)))
 
 
 # -- resources and prompts -----------------------------------------------------------------
 async def experiment_resource(experiment_id: str) -> str:
     """One experiment, as show_experiment returns it (experiments://<id>, the id from read_results)."""
     if not (experiment_id.isascii() and experiment_id.isdigit()) or len(experiment_id) > 10:
-        raise ResourceError(f"experiments://{experiment_id[:40]}: the id must be a positive integer. "
-                            f"Fix: use experiments://<id> with an id from read_results, e.g. experiments://1.")
+        raise ResourceNotFoundError(f"experiments://{experiment_id[:40]}: the id must be a positive integer. "
+                                    "Fix: use experiments://<id> with an id from read_results, e.g. experiments://1.")
     exp_id = int(experiment_id)
     if not 1 <= exp_id <= 10**9:
-        raise ResourceError(f"experiments://{exp_id}: ids start at 1. Fix: use an id from read_results.")
-    return await read_resource(lambda lab: ex.show_experiment(lab, exp_id).model_dump_json(indent=1))
+        raise ResourceNotFoundError(f"experiments://{exp_id}: ids start at 1. Fix: use an id from read_results.")
+    return await read_resource(lambda lab: resource_json(ex.show_experiment(lab, exp_id)), about_params=True)
 
 
 async def recent_notes() -> str:
     """The 20 most recent research notes."""
-    return await read_resource(lambda lab: ex.read_notes(lab, 20).model_dump_json(indent=1))
+    return await read_resource(lambda lab: resource_json(ex.read_notes(lab, 20)))
 
 
 async def program_resource() -> str:
@@ -134,12 +117,16 @@ def research_program() -> str:
     return program.read_program(current_lab().root)
 
 
+TOOLS = ((run_experiment, "Run an experiment", WRITES), (experiment_status, "Experiment status", READ_ONLY),
+         (cancel_experiment, "Cancel an experiment", DESTRUCTIVE), (read_results, "Results table", READ_ONLY),
+         (show_experiment, "Show one experiment", READ_ONLY), (revert, "Revert the editable files", DESTRUCTIVE),
+         (write_note, "Write a research note", WRITES), (read_notes, "Read the research notes", READ_ONLY))
+
+
 def register(mcp: MCPServer) -> None:
-    for fn, hints in ((run_experiment, WRITES), (experiment_status, READ_ONLY), (cancel_experiment, DESTRUCTIVE),
-                            (read_results, READ_ONLY), (show_experiment, READ_ONLY), (revert, DESTRUCTIVE),
-                            (write_note, WRITES), (read_notes, READ_ONLY)):
-        mcp.add_tool(fn, annotations=hints)
+    for fn, title, hints in TOOLS:
+        mcp.add_tool(fn, title=title, annotations=hints)
     mcp.resource("experiments://{experiment_id}", mime_type="application/json")(experiment_resource)
     mcp.resource("notes://recent", mime_type="application/json")(recent_notes)
     mcp.resource("program://agents", mime_type="text/markdown")(program_resource)
-    mcp.prompt()(research_program)
+    mcp.prompt(title="Research program")(research_program)

@@ -10,7 +10,7 @@ from pydantic import Field
 
 from mcp.server import MCPServer
 
-from server.calls import READ_ONLY, call, read_resource
+from server.calls import READ_ONLY, call, read_resource, resource_json, respond
 from tools import history, search
 from tools.schemas import Status
 
@@ -22,34 +22,32 @@ async def search_experiments(
     verdict: search.Verdict | None = None,
     limit: search.SearchLimit = 10,
 ) -> search.SearchPage:
-    """Full-text search of past experiments: descriptions, hypotheses, their notes and code changes.
-    Use it before trying an idea, to see whether it was tried and how it went."""
-    return await call("search_experiments", {"query": query, "status": status, "verdict": verdict, "limit": limit},
-                       lambda lab: search.search_experiments(lab, query, status, verdict, limit))
+    """Full-text search of past experiments (descriptions, hypotheses, notes, code changes): was an
+    idea tried, and how did it go?"""
+    return respond(await call("search_experiments",
+                              lambda lab: search.search_experiments(lab, query, status, verdict, limit)))
 
 
 async def compare_experiments(
     a: Annotated[int, Field(ge=1, le=10**9, description="the reference experiment, e.g. the best")],
     b: Annotated[int, Field(ge=1, le=10**9, description="the experiment to compare with a")],
 ) -> history.Comparison:
-    """What separates two experiments: config changes, the code diff a -> b, and every metric's delta
-    with its noise (std of both; |sigmas| < 2 is within the noise)."""
-    return await call("compare_experiments", {"a": a, "b": b},
-                       lambda lab: history.compare_experiments(lab, a, b))
+    """What separates two experiments: config changes, the code diff a -> b, each metric's delta and
+    noise (|sigmas| < 2: within the noise)."""
+    return respond(await call("compare_experiments", lambda lab: history.compare_experiments(lab, a, b)))
 
 
 async def best_trajectory(
     limit: Annotated[int, Field(ge=1, le=200, description="points to return (first and latest)")] = 30,
 ) -> history.Trajectory:
-    """The best-so-far trajectory: each experiment that became the new best (noise-aware), in order,
-    with its objective and the gain over the previous best."""
-    return await call("best_trajectory", {"limit": limit}, lambda lab: history.best_trajectory(lab, limit))
+    """Each experiment that became the new best (noise-aware), in order, with its objective and gain."""
+    return respond(await call("best_trajectory", lambda lab: history.best_trajectory(lab, limit)))
 
 
 # -- resources -----------------------------------------------------------------------------
 async def leaderboard_resource() -> str:
     """The 10 best successful experiments and the best-so-far trajectory."""
-    return await read_resource(lambda lab: history.leaderboard(lab).model_dump_json(indent=1))
+    return await read_resource(lambda lab: resource_json(history.leaderboard(lab)))
 
 
 # -- prompts -------------------------------------------------------------------------------
@@ -59,8 +57,12 @@ async def resume() -> str:
     return await read_resource(history.resume_brief)
 
 
+TOOLS = ((search_experiments, "Search past experiments"), (compare_experiments, "Compare two experiments"),
+         (best_trajectory, "Best-so-far trajectory"))
+
+
 def register(mcp: MCPServer) -> None:
-    for fn in (search_experiments, compare_experiments, best_trajectory):
-        mcp.add_tool(fn, annotations=READ_ONLY)
+    for fn, title in TOOLS:
+        mcp.add_tool(fn, title=title, annotations=READ_ONLY)
     mcp.resource("leaderboard://top", mime_type="application/json")(leaderboard_resource)
-    mcp.prompt()(resume)
+    mcp.prompt(title="Resume the research loop")(resume)

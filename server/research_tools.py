@@ -14,57 +14,57 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context, Image
 from mcp.server.mcpserver.exceptions import ToolError as MCPToolError
 
-from server.calls import READ_ONLY, WRITES, call, follow, state
+from server.calls import (READ_ONLY, WRITES, WaitS, call, current_lab, follow_hint, internal_error, respond, state,
+                          wait_bound, wait_for)
 from tools import hpo, plots, reruns, testeval
 from tools import reproduce as repro
 from tools.errors import ToolError
 from tools.lab import Lab
 from tools.schemas import ExperimentId
+from tools.store import TERMINAL
 
 Seeds = Annotated[int, Field(ge=1, le=reruns.MAX_SEEDS_PER_CALL,
                              description="how many reruns with new SEEDs (1-10); 2 after a baseline")]
 SuggestN = Annotated[int, Field(ge=1, le=hpo.MAX_SUGGEST, description="how many configurations to propose (1-8)")]
-Wait = Annotated[bool, Field(description="true: block until the runs end (progress is streamed); false: return at once")]
 
 
-async def rerun_experiment(experiment_id: ExperimentId, seeds: Seeds = 2, wait: Wait = True,
+async def rerun_experiment(experiment_id: ExperimentId, seeds: Seeds = 2, wait_s: WaitS = None,
                            ctx: Context | None = None) -> reruns.GroupSummary:
-    """Rerun an experiment's snapshot (its recorded code, not the current files) with new SEEDs to
-    measure the noise. The runs join its group; verdicts use the group's mean and the std of that
-    mean. Use it on the baseline (seeds=2) and on every 'inconclusive' result."""
-    root, ids = await call("rerun_experiment", {"experiment_id": experiment_id, "seeds": seeds, "wait": wait},
-                            lambda lab: reruns.submit_reruns(lab, experiment_id, seeds))
-    if wait:
-        for i in ids:
-            await follow(i, ctx, None)
-    return await call("rerun_experiment", {"experiment_id": root}, lambda lab: reruns.group_summary(lab, root, ids),
-                       audit=False)
+    """Rerun an experiment's snapshot with new SEEDs to measure the noise: its group's mean and std
+    decide verdicts. Use it on the baseline and on 'inconclusive' results. Waits up to wait_s."""
+    root, ids = await call("rerun_experiment", lambda lab: reruns.submit_reruns(lab, experiment_id, seeds))
+    done = await wait_for(ids, ctx, wait_s)
+    out = await call("rerun_experiment", lambda lab: reruns.group_summary(lab, root, ids))
+    going = [s.id for s in done if s.status not in TERMINAL]
+    if going:
+        out.next = follow_hint(going, wait_bound(current_lab(), None)[1]) + \
+            f"; the group's verdict: read_results or rerun's members via show_experiment({root})"
+    return respond(out)
 
 
 async def suggest(n: SuggestN = 1) -> hpo.SuggestResult:
-    """Propose hyperparameters (train.py constants from the search_space in autoresearch.toml) with
-    Optuna TPE, learned from every experiment so far, yours included. Run each with
-    run_experiment(params=...) as given; results are fed back to the study automatically."""
-    return await call("suggest", {"n": n}, lambda lab: hpo.suggest(lab, n))
+    """Propose train.py constants from the search_space (Optuna TPE over every experiment). Run each
+    with run_experiment(params=...); results feed back automatically."""
+    return respond(await call("suggest", lambda lab: hpo.suggest(lab, n)))
 
 
-async def reproduce(experiment_id: ExperimentId, ctx: Context | None = None) -> repro.ReproduceReport:
-    """Run an experiment's snapshot again with the same params and seed, and report the difference:
-    objective, metrics, and what changed in what it ran with (packages, device, data, sandbox)."""
-    new_id = await call("reproduce", {"experiment_id": experiment_id},
-                         lambda lab: repro.submit_reproduction(lab, experiment_id))
-    await follow(new_id, ctx, None)
-    return await call("reproduce", {"experiment_id": experiment_id},
-                       lambda lab: repro.report(lab, experiment_id, new_id), audit=False)
+async def reproduce(experiment_id: ExperimentId, wait_s: WaitS = None,
+                    ctx: Context | None = None) -> repro.ReproduceReport:
+    """Rerun a snapshot with the same params and seed; report the difference (objective, metrics,
+    environment). Waits up to wait_s."""
+    new_id = await call("reproduce", lambda lab: repro.submit_reproduction(lab, experiment_id))
+    (s,) = await wait_for([new_id], ctx, wait_s)
+    out = await call("reproduce", lambda lab: repro.report(lab, experiment_id, new_id))
+    if s.status not in TERMINAL:
+        out.next = s.next + f"; then reproduce's report: compare_experiments(a={experiment_id}, b={new_id})"
+    return respond(out)
 
 
 async def plot_progress(
     limit: Annotated[int, Field(ge=1, le=plots.MAX_PLOT_EXPERIMENTS, description="the last N finished experiments")] = 500,
 ) -> Image:
-    """A PNG of the objective per experiment, the kept runs as a step line (the best so far) and the
-    noise band a new run must clear."""
-    return await call("plot_progress", {"limit": limit},
-                       lambda lab: Image(data=plots.progress_png(lab, limit), format="png"))
+    """A PNG of the objective per experiment: kept runs as the best-so-far step line, and the noise band."""
+    return await call("plot_progress", lambda lab: Image(data=plots.progress_png(lab, limit), format="png"))
 
 
 # -- the held-out test evaluation: registered only when a human allowed it ----------------------
@@ -77,8 +77,7 @@ async def evaluate_test(experiment_id: ExperimentId, ctx: Context | None = None)
             raise ToolError(TEST_EVAL_DISABLED)
         return "started"
 
-    args = {"experiment_id": experiment_id}
-    await call("evaluate_test", args, check)
+    await call("evaluate_test", check)
 
     def body() -> testeval.TestEvaluation:  # its own connection: the long run does not hold state.lock
         lab = Lab.open(state.root)
@@ -90,24 +89,23 @@ async def evaluate_test(experiment_id: ExperimentId, ctx: Context | None = None)
     try:
         result = await anyio.to_thread.run_sync(body)
     except ToolError as exc:
-        result = exc
-    # audited with its outcome; a refusal comes back as an MCP tool error
-    return await call("evaluate_test.done", args,
-                       lambda lab: _raise(result) if isinstance(result, ToolError) else result)
-
-
-def _raise(exc: Exception):
-    raise exc
+        raise MCPToolError(str(exc)) from None
+    except Exception as exc:
+        raise MCPToolError(internal_error("evaluate_test", exc)) from None
+    return respond(result)
 
 
 TEST_EVAL_DISABLED = ("evaluate_test is disabled: the test split is for humans (`autoresearch evaluate-test`). "
                       "Fix: a human may set allow_test_eval = true in autoresearch.toml.")
 
 
+TOOLS = ((rerun_experiment, "Rerun with new seeds", WRITES), (suggest, "Suggest hyperparameters", WRITES),
+         (reproduce, "Reproduce an experiment", WRITES), (plot_progress, "Plot the progress", READ_ONLY))
+
+
 def register(mcp: MCPServer) -> None:
-    for fn, hints in ((rerun_experiment, WRITES), (suggest, WRITES), (reproduce, WRITES),
-                            (plot_progress, READ_ONLY)):
-        mcp.add_tool(fn, annotations=hints)
+    for fn, title, hints in TOOLS:
+        mcp.add_tool(fn, title=title, annotations=hints)
 
 
 def set_test_eval(mcp: MCPServer, allowed: bool) -> None:
@@ -117,4 +115,4 @@ def set_test_eval(mcp: MCPServer, allowed: bool) -> None:
     except MCPToolError:  # it was not registered
         pass
     if allowed:
-        mcp.add_tool(evaluate_test, annotations=WRITES)
+        mcp.add_tool(evaluate_test, title="Evaluate on the test split (once)", annotations=WRITES)

@@ -7,19 +7,35 @@ shadow the server's own packages.
 
 Claude Code also gets `.claude/settings.json`: the agent may edit the editable files, read, and
 call our tools, and nothing else (`defaultMode: dontAsk` refuses whatever no rule allows).
+
+`autoresearch serve --http` (the agent on a laptop, the GPU box elsewhere) needs the bearer token in
+TOKEN_FILE: a random 0600 file that writing the configs creates (`init`, `clients`); `clients`
+prints each HTTP-capable client's config for it. Timeouts: every call that waits for a run returns
+after the workspace's max_wait_s, so a client's tool timeout only has to cover that (plus a margin)
+and evaluate_test, which runs to its end.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import secrets
+import stat
 import sys
+import tomllib
 from pathlib import Path
 
 from tools.errors import ToolError
 
 SERVER_NAME = "autoresearch"
 CLIENTS = ("claude", "codex", "cursor", "vscode", "gemini")
-EXTRA_CALL_S = 600  # a blocking run_experiment call may wait in the queue and for eval beyond the budget
+EXTRA_CALL_S = 600  # evaluate_test (when a human allows it) runs to its end: the budget plus queue and eval
+DEFAULT_MAX_WAIT_S = 40.0  # autoresearch.toml max_wait_s: what any other call waits at most
+WAIT_MARGIN_S = 60  # beyond max_wait_s: the store lock, the last poll, the transport
+TOKEN_FILE = ".autoresearch/http-token"
+MIN_TOKEN_CHARS = 32
+HTTP_URL = "http://127.0.0.1:8765/mcp"
+TOKEN_ENV = "AUTORESEARCH_TOKEN"
 
 # Denied even if a user later re-allows Bash (a bare "Bash" deny removes the tool altogether).
 PACKAGE_MANAGERS = ("pip", "pip3", "uv", "uvx", "pipx", "poetry", "conda", "mamba", "micromamba",
@@ -36,9 +52,88 @@ def server_command(root: Path) -> tuple[str, list[str]]:
     return sys.executable, ["-P", "-m", "server.cli", "serve", "--workspace", str(Path(root).resolve())]
 
 
-def call_timeout_s(time_budget_s: float) -> float:
-    """How long a client should let one tool call run: the budget plus queueing and evaluation."""
-    return float(time_budget_s) + EXTRA_CALL_S
+def call_timeout_s(time_budget_s: float, max_wait_s: float = DEFAULT_MAX_WAIT_S) -> float:
+    """How long a client should let one tool call run: at least max_wait_s plus a margin (the calls that
+    wait for a run), and the budget plus queueing and evaluation (evaluate_test, when allowed)."""
+    return max(float(time_budget_s) + EXTRA_CALL_S, float(max_wait_s) + WAIT_MARGIN_S)
+
+
+def _workspace_timeout(root: Path, max_call_s: float) -> float:
+    """max_call_s, raised to cover the workspace's own max_wait_s (autoresearch.toml) when it has one."""
+    try:
+        from_file = tomllib.loads((Path(root) / "autoresearch.toml").read_text()).get("max_wait_s")
+    except (OSError, ValueError):
+        return max_call_s
+    if isinstance(from_file, (int, float)) and not isinstance(from_file, bool) and 0 < from_file <= 3600:
+        return max(max_call_s, float(from_file) + WAIT_MARGIN_S)
+    return max_call_s
+
+
+# -- the bearer token of `serve --http` --------------------------------------------------------------
+def ensure_token(root: Path) -> Path:
+    """Create the workspace's HTTP bearer token (random, mode 0600) unless it exists; its path."""
+    path = Path(root) / TOKEN_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        return path
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def read_token(root: Path, *, create: bool = False) -> str:
+    """The bearer token `serve --http` requires; a ToolError (the server refuses to start) when it is
+    missing, weak, a link, or readable by others."""
+    path = Path(root) / TOKEN_FILE
+    if create:
+        ensure_token(root)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        raise ToolError(f"refusing to serve HTTP without a bearer token: {path} does not exist. Fix: run "
+                        f"`autoresearch clients -w {root}` (it creates the token), then retry.") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ToolError(f"refusing to serve HTTP: {path} is not a regular file. Fix: delete it and run "
+                        f"`autoresearch clients -w {root}` to create a new token.")
+    if st.st_mode & 0o077:
+        raise ToolError(f"refusing to serve HTTP: the bearer token {path} is readable by others "
+                        f"(mode {stat.S_IMODE(st.st_mode):o}). Fix: chmod 600 {path}.")
+    token = path.read_text(errors="replace").strip()
+    if len(token) < MIN_TOKEN_CHARS or not token.isascii() or any(c.isspace() for c in token):
+        raise ToolError(f"refusing to serve HTTP: the bearer token in {path} is weaker than {MIN_TOKEN_CHARS} "
+                        f"printable characters. Fix: delete it and run `autoresearch clients -w {root}`.")
+    return token
+
+
+def http_configs(root: Path, *, max_call_s: float, url: str = HTTP_URL) -> str:
+    """How each client that speaks Streamable HTTP connects to `autoresearch serve --http`."""
+    token = Path(root).resolve() / TOKEN_FILE
+    ms = int(max_call_s * 1000)
+    hdr = {"Authorization": f"Bearer ${{{TOKEN_ENV}}}"}
+    vscode = {"servers": {SERVER_NAME: {"type": "http", "url": url,
+                                        "headers": {"Authorization": "Bearer ${input:autoresearch-token}"}}},
+              "inputs": [{"type": "promptString", "id": "autoresearch-token", "password": True,
+                          "description": f"the token in {token}"}]}
+    return "\n".join([
+        f"# Streamable HTTP: on the machine with the workspace, `autoresearch serve --http -w {Path(root).resolve()}`",
+        "# (127.0.0.1:8765; from a laptop: ssh -N -L 8765:127.0.0.1:8765 <gpu-box>). Every request needs the",
+        f"# bearer token: export {TOKEN_ENV}=\"$(cat {token})\"",
+        "# Claude Code:",
+        f"claude mcp add --transport http {SERVER_NAME} {url} --header \"Authorization: Bearer ${TOKEN_ENV}\"",
+        f"#   (or .mcp.json: {json.dumps({'mcpServers': {SERVER_NAME: {'type': 'http', 'url': url, 'headers': hdr, 'timeout': ms}}})})",
+        "# Codex CLI (.codex/config.toml):",
+        f"[mcp_servers.{SERVER_NAME}]\nurl = {json.dumps(url)}\nbearer_token_env_var = {json.dumps(TOKEN_ENV)}\n"
+        f"tool_timeout_sec = {int(max_call_s)}",
+        "# Cursor (.cursor/mcp.json):",
+        json.dumps({"mcpServers": {SERVER_NAME: {"url": url, "headers": {"Authorization": f"Bearer ${{env:{TOKEN_ENV}}}"}}}}),
+        "# VS Code (.vscode/mcp.json):",
+        json.dumps(vscode),
+        "# Gemini CLI (.gemini/settings.json):",
+        json.dumps({"mcpServers": {SERVER_NAME: {"httpUrl": url, "headers": {"Authorization": f"Bearer ${TOKEN_ENV}"},
+                                                 "timeout": ms}}}),
+    ]) + "\n"
 
 
 def harness_dirs() -> list[Path]:
@@ -59,7 +154,7 @@ def claude_permissions(editable: list[str]) -> dict:
                 *(f"Bash({c}:*)" for c in (*NETWORK_COMMANDS, *PACKAGE_MANAGERS, "python", "python3", "sudo")),
                 *(f"Edit({p})" for p in PROTECTED),
                 *harness,
-                "Read(data/heldout/**)", "Read(.autoresearch/experiments.db*)",
+                "Read(data/heldout/**)", "Read(.autoresearch/experiments.db*)", f"Read(./{TOKEN_FILE})",
             ],
         },
         "enabledMcpjsonServers": [SERVER_NAME],
@@ -96,12 +191,21 @@ def client_files(root: Path, client: str, *, max_call_s: float, editable: list[s
     raise ToolError(f"client {client!r} is unknown. Fix: use one of {', '.join(CLIENTS)}.")
 
 
-def render(root: Path, clients: list[str], *, max_call_s: float, editable: list[str] | None = None) -> dict[str, str]:
-    """{relative path: text} for several clients ('all' means every one)."""
+HTTP_ENTRY = "Streamable HTTP (autoresearch serve --http)"
+
+
+def render(root: Path, clients: list[str], *, max_call_s: float, editable: list[str] | None = None,
+           http: bool = True) -> dict[str, str]:
+    """{relative path: text} for several clients ('all' means every one); with http, also the
+    HTTP_ENTRY text (printed, never written) and the token it needs."""
     names = list(CLIENTS) if "all" in clients else list(dict.fromkeys(clients))
+    max_call_s = _workspace_timeout(root, max_call_s)
     out: dict[str, str] = {}
     for client in names:
         out.update(client_files(root, client, max_call_s=max_call_s, editable=editable))
+    if http:
+        ensure_token(root)
+        out[HTTP_ENTRY] = http_configs(root, max_call_s=max_call_s)
     return out
 
 
@@ -109,13 +213,14 @@ def write_client_configs(root: Path, clients: list[str], *, max_call_s: float, e
                          overwrite: bool = True) -> list[str]:
     """Write the configs; with overwrite=False, refuse (before writing anything) to replace a file
     whose text differs, so a user's edits are not lost silently."""
-    files = render(root, clients, max_call_s=max_call_s, editable=editable)
+    files = render(root, clients, max_call_s=max_call_s, editable=editable, http=False)
     if not overwrite:
         changed = [rel for rel, text in files.items()
                    if (Path(root) / rel).is_file() and (Path(root) / rel).read_text() != text]
         if changed:
             raise ToolError(f"{', '.join(changed)} already exist with other content. "
                             "Fix: pass --force to replace them, or run without --write and merge by hand.")
+    ensure_token(root)
     written = []
     for rel, text in files.items():
         path = Path(root) / rel

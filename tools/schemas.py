@@ -21,7 +21,7 @@ def validate(name: str, type_, value):
         raise ToolError(f"invalid {name}={value!r}: {msgs}. Fix: pass a valid {name} (see the tool's schema).") from None
 
 
-ExperimentId = Annotated[int, Field(ge=1, le=10**9, description="an experiment id from read_results")]
+ExperimentId = Annotated[int, Field(ge=1, le=10**9)]  # ids come from read_results (no description: 7 tools share it)
 Description = Annotated[str, Field(min_length=3, max_length=2000,
                                    description="what this run changes, one line (e.g. 'LR 3e-4 -> 1e-4')")]
 Hypothesis = Annotated[str | None, Field(None, max_length=4000, description="why it should help")]
@@ -36,7 +36,7 @@ Status = Literal["queued", "running", "succeeded", "failed", "timeout", "cancell
 NoteText = Annotated[str, Field(min_length=1, max_length=20_000)]
 Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,40}$")]
 Tags = Annotated[list[Tag] | None, Field(None, max_length=20, description="short labels, e.g. ['lr', 'idea']")]
-RevertTarget = Annotated[int | Literal["best"],
+RevertTarget = Annotated[Annotated[int, Field(ge=1, le=10**9)] | Literal["best"],
                          Field(description="an experiment id, or 'best' for the best kept snapshot")]
 
 
@@ -56,6 +56,8 @@ class RunSummary(BaseModel):
     step: int | None = None
     loss: float | None = None
     verdict_reason: str | None = None
+    stopped: str | None = Field(None, description="'stopped by time at step 12/300' when it did not finish its "
+                                                  "step budget (verdict incomparable)")
     error: str | None = Field(None, description="why it failed, with the last 40 log lines")
     next: str | None = Field(None, description="what to do next")
 
@@ -70,6 +72,7 @@ class ResultRow(BaseModel):
     kept: bool
     duration_s: float | None
     description: str
+    stopped: str | None = None
     metrics: dict[str, float] | None = None
 
 
@@ -103,6 +106,7 @@ class ExperimentDetail(BaseModel):
     loss_curve: list[list[float]] = Field(description="[step, loss] pairs, thinned to at most 50")
     diff: str = Field(description="the editable files' diff against the parent (best at submit time)")
     log_tail: str
+    stopped: str | None = None
     error: str | None
 
 
