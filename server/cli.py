@@ -272,8 +272,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="with --write: replace files that differ")
     sp.set_defaults(fn=cmd_clients)
 
-    sp = ws(sub.add_parser("serve", help="run the MCP server on stdio"))
-    sp.set_defaults(fn=cmd_serve)
+    sp = ws(sub.add_parser("serve", help="run the MCP server on stdio (or --http: Streamable HTTP with a bearer token)"))
+    sp.add_argument("--http", action="store_true", help="serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio; "
+                                                         "every request needs the token in .autoresearch/http-token")
+    sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; any other needs the token "
+                                                        "file to exist: run `autoresearch clients` first)")
+    sp.add_argument("--port", type=int, default=app.HTTP_PORT, help=f"TCP port (default {app.HTTP_PORT})")
+    sp.add_argument("--allowed-host", action="append", metavar="NAME",
+                    help="a Host/Origin name clients use to reach this server (repeatable; DNS-rebinding checks)")
+    sp.set_defaults(fn=app.serve_command)
 
     sp = ws(sub.add_parser("run", help="run one experiment with a live progress bar"))
     sp.add_argument("-m", "--message", required=True, help="description of the change")
