@@ -6,12 +6,14 @@ A bad file is refused with the field, the value and the fix; nothing runs on a h
 from __future__ import annotations
 
 import glob
+import math
 import os
 import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
+import psutil
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tools.errors import ToolError
@@ -148,6 +150,17 @@ def slot_count(cfg: "WorkspaceConfig") -> int:
     return cfg.concurrency
 
 
+MEMORY_SHARE = 0.75  # of the machine's RAM, for all concurrent runs together
+
+
+def default_memory_limit_gb(slots: int | None = None) -> float:
+    """A memory cap per run that leaves the machine usable: MEMORY_SHARE of its RAM over the slots
+    (one per GPU, else 1), in half-GiB steps, at least 1 GiB."""
+    slots = slots or max(1, len(detect_gpus()))
+    gib = psutil.virtual_memory().total / 2**30 * MEMORY_SHARE / slots
+    return max(1.0, math.floor(gib * 2) / 2)
+
+
 def threads_per_run(cfg: "WorkspaceConfig") -> int:
     """CPU threads each run gets: set, or the usable cores shared by the concurrent slots."""
     if cfg.threads != "auto":
@@ -177,7 +190,8 @@ def _toml_value(v) -> str:
 
 def render_config(*, name: str, data: str, test_annotations: str | None, time_budget_s: float,
                   folds: int = 1, scorer: str | list[str] = "eclip", baseline_seeds: int = 2,
-                  search_space_toml: str = "") -> str:
+                  memory_limit_gb: float | None = None, search_space_toml: str = "") -> str:
+    memory_limit_gb = memory_limit_gb or default_memory_limit_gb()
     """The autoresearch.toml that `init` writes (commented, for people)."""
     test_line = f'test_annotations = "{test_annotations}"' if test_annotations else "# test_annotations = \"...\""
     return f'''# eclip-autoresearch workspace. Humans edit this file; the agent may not (see .claude/settings.json).
@@ -196,6 +210,7 @@ data = "{data}"                    # read-only inside every run
 {test_line}   # never visible to agent runs
 sandbox = "auto"                   # auto | strict (refuse without bubblewrap) | bwrap | landlock | none
 network = false
+memory_limit_gb = {memory_limit_gb:g}             # per run (the whole process tree): {MEMORY_SHARE:.0%} of this machine's RAM / concurrent runs
 threads = "auto"                   # CPU threads per run (torch/OpenMP/MKL): "auto" = cores / concurrent runs
 concurrency = "auto"               # runs at a time: "auto" = one per GPU (each its own CUDA_VISIBLE_DEVICES), 1 on CPU
 # gpus = [0, 1]                    # which GPUs to hand out (default: all)

@@ -12,6 +12,7 @@ from tools.errors import ToolError
 from tools.lab import Lab
 from tools.rundir import latest_progress, log_tail, read_cache_status
 from tools.store import TERMINAL
+from tools.workspace import SAVED_REF
 from tools.verdict import stop_note
 from tools.schemas import (Description, ExperimentDetail, ExperimentId, Hypothesis, Limit, NoteOut, NotesPage,
                            NoteText, Params, ResultRow, ResultsTable, RevertResult, RevertTarget, RunSummary,
@@ -160,21 +161,37 @@ def show_experiment(lab: Lab, experiment_id: int) -> ExperimentDetail:
 
 # -- revert --------------------------------------------------------------------------------
 def revert(lab: Lab, target: int | str) -> RevertResult:
+    """Restore the editable files to a snapshot. Edits not in any run's snapshot are saved first
+    (revert('saved') brings them back), so a revert never loses work."""
     target = validate("target", RevertTarget, target)
-    if target == "best":
+    latest = lab.store.list_experiments(limit=1, status=None, order_by="created", direction=lab.config.direction)
+    if target == "saved":
+        commit = lab.workspace.ref(SAVED_REF)
+        if commit is None or not latest:
+            raise ToolError("target='saved' but no revert has saved edits yet. Fix: pass an experiment id or 'best'.")
+        exp = latest[0]
+    elif target == "best":
         exp = lab.store.best_experiment()
         if exp is None:
             raise ToolError("target='best' but no experiment has been kept yet. Fix: run a baseline first, "
                             "or pass an experiment id.")
+        commit = lab.code_snapshot(exp)
     else:
         exp = _get(lab, target)
         if not exp["snapshot_commit"]:
             raise ToolError(f"experiment {target} has no snapshot (status {exp['status']}). Fix: pick another id.")
-    commit = lab.code_snapshot(exp) if target == "best" else exp["snapshot_commit"]
-    changed = lab.workspace.restore(commit)
+        commit = exp["snapshot_commit"]
+    saved = None
+    ws = lab.workspace
+    if not ws.matches(commit) and not (latest and ws.matches(latest[0]["snapshot_commit"])) \
+            and not ws.matches(ws.ref(SAVED_REF)):
+        saved = ws.save_edits()
+    changed = ws.restore(commit)
     lab.store.insert_revert(str(target), exp["id"], commit, changed)
     return RevertResult(experiment_id=exp["id"], snapshot_commit=commit, restored=changed,
-                        unchanged=[p for p in lab.config.editable if p not in changed])
+                        unchanged=[p for p in lab.config.editable if p not in changed], saved_edits=saved,
+                        next=(f"your unsaved edits of {', '.join(lab.config.editable)} are saved ({saved[:10]}): "
+                              "revert('saved') brings them back") if saved else None)
 
 
 # -- notes ---------------------------------------------------------------------------------

@@ -83,10 +83,30 @@ def test_annotations_of(data_path: Path) -> Path | None:
 
 def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None, time_budget_s: float | None = None,
                    client_names: list[str] | None = None, force: bool = False, synthetic: str = "default",
-                   on_progress: Callable[[str], None] | None = None, calibrate: bool = False) -> Path:
+                   on_progress: Callable[[str], None] | None = None, calibrate: bool = False,
+                   adopt: bool = False) -> Path:
+    """Make a workspace in `root`. A folder that already holds files is refused unless `adopt`
+    (then no file of the user's is overwritten, and only the files init wrote are committed) or
+    `force` (init's own files are rewritten)."""
     root = Path(root).resolve()
     if (root / CONFIG_NAME).exists() and not force:
         raise ToolError(f"{root} is already a workspace ({CONFIG_NAME} exists). Fix: pick another folder or --force.")
+    theirs = sorted(p.name for p in root.iterdir() if p.name != ".git") if root.is_dir() else []
+    if theirs and not (adopt or force):
+        shown = ", ".join(theirs[:5]) + (f" and {len(theirs) - 5} more" if len(theirs) > 5 else "")
+        raise ToolError(f"{root} is not empty ({shown}). Fix: pick an empty folder, or `autoresearch init {root} "
+                        "--adopt` to make it a workspace without overwriting any of its files.")
+    say = on_progress or (lambda line: None)
+    written: list[str] = []
+
+    def put(rel: str, text: str) -> None:
+        path = root / rel
+        if adopt and path.exists():
+            say(f"kept your {rel} (init writes no file that exists)")
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        written.append(rel)
     presets = available_presets()
     if preset not in presets:
         raise ToolError(f"--preset {preset!r} is unknown. Fix: use one of {', '.join(presets)}.")
@@ -113,23 +133,32 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
             test_annotations = str(test.relative_to(root)) if test.is_relative_to(root) else str(test)
     budget = time_budget_s or {TOY: 10, "tiny": 100, "replay": 120}.get(preset, 900)  # the templates' own TIME_BUDGET
 
-    (root / "train.py").write_text(train_py)
+    put("train.py", train_py)
     if preset == TOY:  # the toy's own frozen scorer: the harness never takes a score from train.py
-        (root / TOY_SCORER).write_text((TEMPLATES / "toy_score.py").read_text())
-    (root / CONFIG_NAME).write_text(render_config(
+        put(TOY_SCORER, (TEMPLATES / "toy_score.py").read_text())
+    config = render_config(
         name=root.name, data=data or "", test_annotations=test_annotations, time_budget_s=budget,
         folds=3 if preset == TOY else preset_folds(preset), scorer=["python", TOY_SCORER] if preset == TOY else "eclip",
         baseline_seeds=0 if preset == TOY else 2,  # the toy's 3 folds give a noise estimate; seconds-long runs
-        search_space_toml=search_space_toml(default_search_space(preset))))
+        search_space_toml=search_space_toml(default_search_space(preset)))
     if not data:  # toy: no dataset
-        text = (root / CONFIG_NAME).read_text().replace('data = ""', '# data = "path/to/dataset"')
-        (root / CONFIG_NAME).write_text(text)
-    (root / "AGENTS.md").write_text(default_program())
-    (root / "CLAUDE.md").write_text("@AGENTS.md\n")
-    (root / ".gitignore").write_text(f"{STATE_DIR}/\ndata/\n__pycache__/\nrun/\n")
-    clients.write_client_configs(root, ["claude", *(client_names or [])], max_call_s=clients.call_timeout_s(budget))
+        config = config.replace('data = ""', '# data = "path/to/dataset"')
+    put(CONFIG_NAME, config)
+    put("AGENTS.md", default_program())
+    put("CLAUDE.md", "@AGENTS.md\n")
+    put(".gitignore", f"{STATE_DIR}/\ndata/\n__pycache__/\nrun/\n")
+    names = ["claude", *(client_names or [])]
+    if adopt:
+        for rel, text in clients.render(root, names, max_call_s=clients.call_timeout_s(budget), http=False).items():
+            put(rel, text)
+        clients.ensure_token(root)
+    else:
+        clients.write_client_configs(root, names, max_call_s=clients.call_timeout_s(budget))
     ws = Workspace(root, ["train.py"])
-    if ws.head() is None:
+    if adopt:  # only what init wrote: the user's own files are theirs to commit
+        ws.git("add", "-f", "--", *[w for w in written if (root / w).exists()])
+        ws.git("commit", "-q", "-m", f"autoresearch workspace ({preset} preset), adopted", check=False)
+    elif ws.head() is None:
         ws.commit_all(f"autoresearch workspace ({preset} preset)")
     if calibrate and preset != TOY and time_budget_s is None:  # measure this machine: a budget the steps fit in
         lab = Lab.open(root)

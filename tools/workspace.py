@@ -15,6 +15,7 @@ from tools.errors import ToolError
 
 EXP_REF = "refs/autoresearch/exp/{id}"
 BEST_REF = "refs/autoresearch/best"
+SAVED_REF = "refs/autoresearch/saved"  # the editable files as they were before the last revert
 _GIT_ENV = {
     "GIT_AUTHOR_NAME": "autoresearch", "GIT_AUTHOR_EMAIL": "autoresearch@localhost",
     "GIT_COMMITTER_NAME": "autoresearch", "GIT_COMMITTER_EMAIL": "autoresearch@localhost",
@@ -112,6 +113,23 @@ class Workspace:
             target.write_bytes(data)
             written.append(rel)
         return written
+
+    def matches(self, commit: str | None) -> bool:
+        """Whether the editable files on disk are byte-equal to the snapshot's."""
+        if not commit:
+            return False
+        for rel in self.editable:
+            data = self.read_snapshot_file(commit, rel)
+            target = self.root / rel
+            if (data is None) != (not target.is_file()) or (data is not None and target.read_bytes() != data):
+                return False
+        return True
+
+    def save_edits(self) -> str:
+        """Snapshot the editable files as they are now under SAVED_REF (before a revert replaces them)."""
+        commit = self.snapshot("edits saved before a revert")
+        self.git("update-ref", SAVED_REF, commit)
+        return commit
 
     def restore(self, commit: str) -> list[str]:
         """Make the editable files byte-equal to the snapshot's; nothing else is touched."""
