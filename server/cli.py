@@ -36,7 +36,7 @@ def _init(root: Path, preset: str, **kw) -> Path:
     act = Activity(f"preparing the data for preset {preset} (synthetic prints and their cache; the first time "
                    "takes a few minutes)")
     try:
-        out = init_workspace(root, preset=preset, on_progress=act.line, **kw)
+        out = init_workspace(root, preset=preset, on_progress=act.line, calibrate=True, **kw)
     except BaseException:
         act.done()
         raise
@@ -46,7 +46,7 @@ def _init(root: Path, preset: str, **kw) -> Path:
 
 def cmd_init(args) -> int:
     root = _init(Path(args.dir), args.preset, data=args.data, time_budget_s=args.time_budget,
-                 client_names=args.client, force=args.force, synthetic=args.synthetic)
+                 client_names=args.client, force=args.force, synthetic=args.synthetic, adopt=args.adopt)
     print(f"workspace ready: {root}\n  next: cd {root} && claude   (or: autoresearch run -w {root} -m 'baseline')")
     return 0
 
@@ -251,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--time-budget", type=float, help="default training seconds per experiment")
     sp.add_argument("--client", action="append", choices=["codex", "cursor", "vscode", "gemini"],
                     help="also write this client's MCP config (repeatable)")
-    sp.add_argument("--force", action="store_true")
+    sp.add_argument("--force", action="store_true", help="rewrite init's own files in an existing workspace")
+    sp.add_argument("--adopt", action="store_true",
+                    help="make a non-empty folder a workspace: none of its files is overwritten or committed")
     sp.add_argument("--synthetic", default="default", choices=["default", "small"],
                     help="size of the generated synthetic prints (small: for quick trials and tests)")
     sp.set_defaults(fn=cmd_init)
@@ -345,11 +347,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ToolError as exc:
-        print(f"autoresearch {args.command}: {cli_text(str(exc))}", file=sys.stderr)
+        text = cli_text(str(exc)).replace("autoresearch COMMAND", f"autoresearch {args.command}")
+        print(f"autoresearch {args.command}: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `autoresearch results | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

@@ -64,8 +64,8 @@ def parse_params(text: str | None) -> dict | None:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise UsageError(f"--params {text!r} is not JSON ({exc.msg} at character {exc.pos}). Fix: quote the names, "
-                         "e.g. --params '{\"LR\": 1e-4, \"STEPS\": 100}'.") from None
+        raise UsageError(f"--params {text!r} is not JSON ({exc.msg.lower()}). Fix: quote the names, e.g. "
+                         "--params '{\"LR\": 1e-4}'.") from None
     if not isinstance(value, dict):
         raise UsageError(f"--params {text!r} is not a JSON object. Fix: e.g. --params '{{\"LR\": 1e-4}}'.")
     return value

@@ -340,7 +340,7 @@ def print_results(table, metric: str, direction: str, states: dict[int, str] | N
     print(f"{table.total} experiments{shown}; {metric_label(metric, direction)}{best}", file=out)
     name = metric.replace("_", " ")
     print_table(["id", "status", "verdict", name, "±", "vs best", "best", "secs", "description"],
-                [[r.id, states.get(r.id, r.status), verdict_words(r.verdict), num(r.objective), num(r.objective_std, 2),
+                [[r.id, states.get(r.id, r.status), verdict_words(r.verdict), num(r.objective), num(r.objective_std or None, 2),
                   signed(r.delta), "*" if r.kept else "", secs(r.duration_s), r.description[:60]]
                  for r in table.rows], out=out)
 

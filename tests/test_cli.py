@@ -42,9 +42,9 @@ def test_init_run_results_revert_note_audit(tmp_path):
     assert "baseline is fine" in ar("notes", "--tag", "baseline", cwd=ws).stdout
 
     bad = ar("revert", "77", cwd=ws, check=False)
-    assert bad.returncode == 2 and "experiment_id=77 does not exist" in bad.stderr
+    assert bad.returncode == 2 and "experiment 77 does not exist" in bad.stderr and "read_results" not in bad.stderr
     bad = ar("run", "-m", "x", cwd=ws, check=False)  # description too short
-    assert bad.returncode == 2 and "description" in bad.stderr
+    assert bad.returncode == 2 and "-m/--message" in bad.stderr and "autoresearch run --help" in bad.stderr
     bad = ar("results", cwd=tmp_path, check=False)
     assert bad.returncode == 2 and "autoresearch init" in bad.stderr
 
@@ -53,6 +53,8 @@ def test_doctor_reports_the_backend():
     out = ar("doctor", "--json").stdout
     report = json.loads(out)
     assert report.get("backend") or report.get("chosen")
+    human = ar("doctor").stdout
+    assert human.startswith(f"sandbox: {report['backend']}") and "None" not in human and "{'" not in human
 
 
 def test_server_process_stays_light():
@@ -70,7 +72,9 @@ def test_init_tiny_and_a_short_eclip_run(tmp_path):
     assert 'data = "data/synthetic-prints"' in toml and "heldout" in toml
     r = ar("run", "-m", "three-step smoke run", "--params", '{"MAX_STEPS": 3, "EVAL_BATCH_SIZE": 64}', cwd=ws)
     assert "succeeded, verdict baseline" in r.stdout, r.stdout
-    show = json.loads(ar("show", "1", cwd=ws).stdout)
+    human = ar("show", "1", cwd=ws).stdout
+    assert "mean rank" in human and "code diff against its parent" in human and not human.startswith("{")
+    show = json.loads(ar("show", "1", "--json", cwd=ws).stdout)
     m = show["metrics"]
     for key in ("objective", "mean_rank", "random_mean_rank", "i2t_r1", "t2i_r1", "i2t_median_rank", "steps"):
         assert key in m, key

@@ -169,27 +169,26 @@ def progress_png(lab: Lab, limit: int = 500) -> bytes:
 
 
 def loss_curves_png(lab: Lab) -> bytes:
-    """The training loss per step of the best run and of the latest finished runs (the baseline too)."""
+    """The training loss per step of the best run and of the latest finished runs that recorded one."""
     plt, MaxNLocator = _pyplot()
     rows = lab.store.finished_experiments(200)
     best = lab.store.best_experiment()
-    chosen: list[tuple[dict, str]] = []
-    if best is not None:
-        chosen.append((best, "best"))
-    latest = [r for r in reversed(rows) if not best or r["id"] != best["id"]][:3]
-    chosen += [(r, "latest" if i == 0 else "earlier") for i, r in enumerate(latest)]
-    fig, ax = plt.subplots(figsize=(9, 4), dpi=110)
+    curves = {}
+    for r in ([best] if best else []) + list(reversed(rows)):
+        if r["id"] not in curves and len(curves) < 4:
+            pts = [(s["step"], s["loss"]) for s in lab.store.steps(r["id"]) if s["loss"] is not None]
+            if pts:
+                curves[r["id"]] = (r, pts)
+    fig, ax = plt.subplots(figsize=(9, 4.6), dpi=110)
     try:
         colors = ["#1f5fbf", "#ff7f0e", "#7a7a7a", "#b0b0b0"]
         drawn = 0
-        for (r, role), color in zip(chosen, colors):
-            steps = [(s["step"], s["loss"]) for s in lab.store.steps(r["id"]) if s["loss"] is not None]
-            if not steps:
-                continue
+        for (r, pts), color in zip(curves.values(), colors):
+            role = "best" if best and r["id"] == best["id"] else "latest" if drawn == (1 if best else 0) else "earlier"
             state = "truncated" if r["status"] == "succeeded" and is_truncated(r) else r["status"]
             obj = f", {r['objective']:.4g}" if r["objective"] is not None else ""
-            ax.plot([s for s, _ in steps], [v for _, v in steps], color=color, lw=2 if role == "best" else 1.3,
-                    label=f"#{r['id']} {role} ({state}{obj}): {(r['description'] or '')[:40]}")
+            ax.plot([s for s, _ in pts], [v for _, v in pts], color=color, lw=2 if role == "best" else 1.3,
+                    label=f"#{r['id']} {role} ({state}{obj}): {(r['description'] or '')[:60]}")
             drawn += 1
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("step (folds one after the other)")
@@ -199,8 +198,8 @@ def loss_curves_png(lab: Lab) -> bytes:
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
         if drawn:
-            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
-            fig.subplots_adjust(left=0.08, right=0.62, top=0.9, bottom=0.14)
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.16), frameon=False, ncol=1)
+            fig.subplots_adjust(left=0.08, right=0.97, top=0.92, bottom=0.17 + 0.035 * drawn)
         else:
             ax.text(0.5, 0.5, "no loss curve recorded yet", ha="center", va="center", transform=ax.transAxes)
         buf = io.BytesIO()
