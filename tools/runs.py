@@ -1,9 +1,13 @@
-"""The run lifecycle: submit -> queued -> (supervisor) running -> recorded, plus cancel and recovery.
+"""The run lifecycle: submit -> queued -> (supervisor) running -> scored -> recorded, plus cancel
+and recovery.
 
-A run never depends on the MCP server that submitted it: `submit` records the experiment as
-`queued` and starts a detached supervisor (`python -m tools.supervisor`), which claims queued runs
-one slot at a time, runs each in the sandbox, and writes the outcome to the store. The server only
-reads the store and the run dir's `events.jsonl`.
+A run never depends on the MCP server that submitted it: `submit` checks the params and writes
+them into the snapshot, records the experiment as `queued` and starts a detached supervisor
+(`python -m tools.supervisor`), which claims queued runs one slot at a time and runs each in the
+sandbox: for the eCLIP scorer one process per fold on its own task folder, for a workspace scorer
+the command then the scorer. The trusted scorer (tools/scoring.py) computes the objective; the
+run's own files are read through tools/rundir.py (bounded). The server only reads the store and
+the run dir's progress.
 """
 
 from __future__ import annotations
