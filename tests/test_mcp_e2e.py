@@ -35,12 +35,15 @@ async def test_full_loop_over_stdio(toy_ws):
         progress.append((p, total, message))
 
     async with Client(_server(toy_ws)) as c:
+        info = c.server_info
+        assert info.name == "eclip-autoresearch" and info.version and info.version != "0.0.0+unknown", info
         names = {t.name for t in (await c.list_tools()).tools}
         assert {"run_experiment", "read_results", "show_experiment", "write_note", "read_notes", "revert",
                 "experiment_status", "cancel_experiment"} <= names
         tools = {t.name: t for t in (await c.list_tools()).tools}
         assert tools["read_results"].annotations.read_only_hint is True
         assert tools["revert"].annotations.destructive_hint is True
+        assert all(t.title for t in tools.values()), [n for n, t in tools.items() if not t.title]
 
         # 1) a baseline that lasts a few seconds so that progress flows
         t0 = time.perf_counter()
@@ -100,7 +103,7 @@ async def test_full_loop_over_stdio(toy_ws):
 
 async def test_async_run_status_and_cancel(toy_ws):
     async with Client(_server(toy_ws)) as c:
-        s = _data(await c.call_tool("run_experiment", {"description": "slow run", "wait": False,
+        s = _data(await c.call_tool("run_experiment", {"description": "slow run", "wait_s": 0,
                                                        "params": {"SLEEP_PER_STEP": 0.2}}))
         assert s["status"] in ("queued", "running")
         s = _data(await c.call_tool("experiment_status", {"experiment_id": s["id"], "wait_s": 3}))
