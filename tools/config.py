@@ -51,6 +51,26 @@ class SearchParam(BaseModel):
         return self
 
 
+class SlurmConfig(BaseModel):
+    """`[slurm]`: how each experiment becomes one `sbatch` job (tools/executors.py). SLURM schedules."""
+
+    model_config = ConfigDict(extra="forbid")
+    partition: str | None = Field(None, max_length=200)
+    account: str | None = Field(None, max_length=200)
+    gpus_per_run: int = Field(1, ge=0, le=64, description="--gres=gpu:N per experiment (0: CPU-only jobs)")
+    cpus_per_run: int = Field(1, ge=1, le=512, description="--cpus-per-task; also the run's threads")
+    mem_gb: float | None = Field(None, gt=0, le=4096, description="--mem; default memory_limit_gb + 1")
+    time_margin_s: float = Field(300.0, ge=0, le=24 * 3600,
+                                 description="--time = the run's budget + grace (+ scorer) + this (task builds, start)")
+    signal_s: int = Field(60, ge=0, le=3600, description="--signal=B:TERM@this: a graceful stop before the limit")
+    extra_args: list[str] = Field(default_factory=list, max_length=50,
+                                  description="more sbatch flags as-is, e.g. [\"--qos=short\", \"--constraint=a100\"]")
+    max_jobs: int = Field(16, ge=1, le=10_000, description="experiments in flight (pending + running) at once")
+    python: str | None = Field(None, description="the interpreter on the nodes (default: this one; same env on a "
+                                                 "shared filesystem)")
+    poll_s: float = Field(2.0, ge=0.2, le=300, description="how often squeue/sacct are asked")
+
+
 class WorkspaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -105,6 +125,10 @@ class WorkspaceConfig(BaseModel):
                                                     "default .autoresearch/cache")
     warm_cache: bool = Field(True, description="build the tensor cache for a run's IMAGE_SIZE/CONTEXT_LENGTH "
                                                "before it starts (outside the sandbox, not charged to its budget)")
+    executor: Literal["local", "slurm"] = Field(
+        "local", description="local: detached supervisor + slots on this machine; slurm: one sbatch job per "
+                             "experiment (the [slurm] table; the workspace on a filesystem the nodes share)")
+    slurm: SlurmConfig = Field(default_factory=SlurmConfig)
 
     @field_validator("search_space")
     @classmethod
@@ -222,4 +246,16 @@ hpo_sampler = "tpe"                # suggest(): tpe | random | gp (gp runs in a 
 allow_test_eval = false            # true exposes evaluate_test as an MCP tool; humans use `autoresearch evaluate-test`
 warm_cache = true                  # build the tensor cache a run asks for (IMAGE_SIZE, CONTEXT_LENGTH) before it starts
 # cache_dir = ".autoresearch/cache"  # where those caches live (read-only inside runs)
+executor = "local"                 # local | slurm: each experiment one sbatch job (README: running on a SLURM cluster)
+# [slurm]                          # only with executor = "slurm"; the workspace must be on a filesystem the nodes share
+# partition = "gpu"
+# account = "my-project"
+# gpus_per_run = 1                 # --gres=gpu:N (SLURM sets CUDA_VISIBLE_DEVICES)
+# cpus_per_run = 4                 # --cpus-per-task, and the run's threads
+# mem_gb = 32                      # --mem (default: memory_limit_gb + 1)
+# time_margin_s = 300              # --time = budget + grace (+ scorer) + this
+# signal_s = 60                    # --signal=B:TERM@60: the job stops its run cleanly before the limit
+# max_jobs = 16                    # experiments in flight at once (each its own job)
+# extra_args = ["--qos=normal"]    # passed to sbatch as they are
+# python = "/shared/venv/bin/python"  # the interpreter on the nodes (default: this one)
 {search_space_toml}'''
