@@ -16,7 +16,7 @@ from sandbox import doctor_report
 from server import app, cli_research
 from server.cli_support import (UsageError, cancel_runs, experiment_id, follow, metric_info, open_lab,
                                 parse_params)
-from server.render import (Activity, ProgressBars, cli_text, print_detail, print_doctor, print_results,
+from server.render import (Activity, ProgressBars, cli_text, num, print_detail, print_doctor, print_results,
                            print_summary, print_table, state_words)
 from tools import clients, reruns, runs
 from tools import experiments as ex
@@ -122,9 +122,11 @@ def cmd_demo(args) -> int:
               file=sys.stderr)
         run_and_follow(lab, ids, "the seed reruns")
         g = reruns.group_summary(lab, exp_id, ids)
-        print(cli_research.group_line(g, metric))
+        print(f"baseline noise from {g.n} seeds: mean {metric.replace('_', ' ')} {num(g.mean)}, seed std "
+              f"{num(g.seed_std, 3)}, fold std {num(g.fold_std, 3)}, std of the mean {num(g.std_of_mean, 3)}")
     print()
-    print_results(ex.read_results(lab, 20), metric, direction, cli_research.states_of(lab, ex.read_results(lab, 20)))
+    table = ex.read_results(lab, 20)
+    print_results(table, metric, direction, cli_research.states_of(lab, table))
     print(f"\nnext: cd {root} && claude")
     return 0 if s.status == "succeeded" else 1
 

@@ -135,8 +135,8 @@ class DashboardData:
                 out["loss_curve"] = [[s["step"], s["loss"]] for s in steps if s["loss"] is not None]
             out["state"] = state_words(row, metrics)
             out["verdict_words"] = verdict_words(row["verdict"], bool(row["kept"]))
-            out["verdict_reason"] = cli_text(row["verdict_reason"])
-            out["error"] = cli_text(row["error"])
+            out["verdict_reason"] = cli_text(row["verdict_reason"], exp_id)
+            out["error"] = cli_text(row["error"], exp_id)
             out["notes"] = lab.store.note_texts(exp_id)
             out["rerun_of"], out["rerun_kind"] = row["rerun_of"], row["rerun_kind"]
             out["group"] = {"n": row["group_n"], "mean": row["group_objective"], "std": row["group_std"]}

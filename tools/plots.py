@@ -136,6 +136,9 @@ def progress_png(lab: Lab, limit: int = 500) -> bytes:
             if sel:
                 strip.scatter([r["id"] for r in sel], [0] * len(sel), marker=marker, c=color, s=28,
                               label=f"{kind} ({len(sel)})", clip_on=False)
+        if not apart:
+            strip.text(0.5, 0.5, "none failed, cancelled or truncated", transform=strip.transAxes, ha="center",
+                       va="center", fontsize=8, color="#777777")
         strip.set_yticks([])
         strip.set_ylim(-1, 1)
         strip.set_ylabel("not\nscored", rotation=0, ha="right", va="center", fontsize=8, color="#555555")
@@ -191,7 +194,7 @@ def loss_curves_png(lab: Lab) -> bytes:
                     label=f"#{r['id']} {role} ({state}{obj}): {(r['description'] or '')[:60]}")
             drawn += 1
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("step (folds one after the other)")
+        ax.set_xlabel("step" + (" (folds one after the other)" if lab.config.folds > 1 else ""))
         ax.set_ylabel("training loss")
         ax.set_title(f"{lab.config.name}: loss curves of the best and the latest runs", loc="left", fontsize=11)
         ax.grid(alpha=0.25)

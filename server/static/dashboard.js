@@ -9,8 +9,10 @@ function num(v, sig = 4) {
   if (v === 0) return "0";
   const mag = Math.floor(Math.log10(Math.abs(v)));
   if (mag >= 6 || mag < -4) return v.toExponential(sig - 1);
-  return v.toFixed(Math.max(0, sig - 1 - mag));
+  const text = v.toFixed(Math.max(0, sig - 1 - mag));
+  return text.includes(".") ? text.replace(/\.?0+$/, "") : text;
 }
+const spread = (v, sig = 2) => (v ? num(v, sig) : "-");  // 0 or none: no spread was measured
 const signed = (v) => (v === null || v === undefined) ? "-" : (v >= 0 ? "+" : "") + num(v);
 function el(tag, text, cls) { const e = document.createElement(tag); if (text !== undefined) e.textContent = text; if (cls) e.className = cls; return e; }
 function dur(s) { if (s === null || s === undefined) return "-"; s = Math.round(s); return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0"); }
@@ -43,7 +45,7 @@ function renderTable(s) {
     tr.appendChild(stateCell(r));
     tr.appendChild(el("td", r.verdict_words));
     tr.appendChild(el("td", num(r.objective), "num"));
-    tr.appendChild(el("td", num(r.objective_std, 2), "num"));
+    tr.appendChild(el("td", spread(r.objective_std), "num"));
     tr.appendChild(el("td", r.group_n > 1 ? num(r.group_std, 2) + ` (n=${r.group_n})` : "-", "num"));
     tr.appendChild(el("td", signed(r.delta), "num"));
     tr.appendChild(el("td", r.kept ? "★" : "", r.kept ? "kept" : ""));
@@ -60,7 +62,7 @@ function renderTrajectory(s) {
   for (const p of s.trajectory) {
     const tr = el("tr"); tr.addEventListener("click", () => select(p.id));
     tr.appendChild(el("td", "#" + p.id)); tr.appendChild(el("td", num(p.objective), "num"));
-    tr.appendChild(el("td", num(p.objective_std, 2), "num")); tr.appendChild(el("td", signed(p.gain), "num"));
+    tr.appendChild(el("td", spread(p.objective_std), "num")); tr.appendChild(el("td", signed(p.gain), "num"));
     tr.appendChild(el("td", p.description, "desc"));
     tb.appendChild(tr);
   }
