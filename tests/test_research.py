@@ -88,11 +88,15 @@ async def test_search_covers_descriptions_hypotheses_notes_and_diffs(client):
 
 
 async def test_search_reindexes_an_experiment_when_a_note_arrives(client):
+    """The index is kept on write (issue 16): the note is searchable as soon as write_note returns,
+    and a search never indexes (nothing is pending: every run's diff was indexed at submit)."""
     assert (await search(client, "plateau"))["total"] == 0
     data(await client.call_tool("write_note", {"text": "loss plateau after 200 steps", "experiment_id": 3}))
     page = await search(client, "plateau")
-    assert page["indexed_now"] == 1 and [h["id"] for h in page["hits"]] == [3]
-    assert (await search(client, "plateau"))["indexed_now"] == 0
+    assert [h["id"] for h in page["hits"]] == [3] and page["hits"][0]["matched_in"] == ["notes"]
+    assert page["not_indexed"] == 0 and "indexed_now" not in page
+    data(await client.call_tool("write_note", {"text": "a second plateau, at 400", "experiment_id": 3}))
+    assert (await search(client, "400 plateau"))["hits"][0]["id"] == 3  # both notes stay indexed
 
 
 @pytest.mark.parametrize("query", ["lr OR", "NEAR(lr 0.5)", "description:lr", "^lr", "lr AND", "(lr",
@@ -257,15 +261,18 @@ async def test_search_latency_over_many_experiments(toy_ws):
         lab.store.insert_experiment(status="succeeded", description=f"sweep point {i}", snapshot_commit=commit)
     train.write_text(base)
 
-    from tools.search import search_experiments
-    t0 = time.perf_counter()
+    from tools.search import index_diffs, search_experiments
+    # text and notes are indexed by the inserts themselves (triggers); a search before any diff is indexed
+    # finds them and indexes nothing
     page = search_experiments(lab, "cosine")
-    rounds = 1
-    while page.not_indexed:
-        page = search_experiments(lab, "cosine")
+    assert page.total > 100 and page.not_indexed == 100  # cosine is in many descriptions and hypotheses
+    assert search_experiments(lab, "0.250").total == 0 and lab.store.count_pending_search_diffs() == 100
+    t0 = time.perf_counter()
+    rounds = 0
+    while index_diffs(lab):  # what runs.submit does on write, 20 at a time
         rounds += 1
     index_s = time.perf_counter() - t0
-    assert page.total > 100  # cosine is in many descriptions and hypotheses
+    assert search_experiments(lab, "cosine").not_indexed == 0
     times = []
     for q in ["cosine", "weight decay", "warm*", "label smoothing dropout", "0.250", "zebra mixup"]:
         t = time.perf_counter()
@@ -275,6 +282,5 @@ async def test_search_latency_over_many_experiments(toy_ws):
     assert search_experiments(lab, "0.250").hits[0].description == "sweep point 50"
     lab.close()
     p50 = statistics.median(times)
-    print(f"\nFTS over 2100 experiments: first index {index_s:.2f} s in {rounds} calls; "
-          f"query p50 {p50:.1f} ms, max {max(times):.1f} ms")
-    assert p50 < 500  # generous: a shared 2-core box; measured figures are printed above
+    print(f"\nFTS over 2100 experiments: 100 diffs indexed in {index_s:.2f} s ({rounds} writes); "
+          f"query p50 {p50:.1f} ms, max {max(times):.1f} ms (bench/server_scale.py measures it at 100k)")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib.util
 import json
 import math
 import subprocess
@@ -31,7 +32,7 @@ from pydantic import BaseModel, Field
 from tools.errors import ToolError
 from tools.lab import Lab
 from tools.provenance import snapshot_constants
-from tools.store import TERMINAL
+from tools.store import TERMINAL, Store
 
 DB_NAME = "optuna.db"
 MAX_SUGGEST = 8
@@ -114,15 +115,37 @@ def _locked(lab: Lab):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+_STUDIES: dict[tuple[str, str], object] = {}  # per process: Optuna's cached storage keeps finished trials
+
+
 def open_study(lab: Lab, sampler=None):
+    """The workspace's study, opened once per process: a later call reads only the trials added since
+    (Optuna's _CachedStorage), so a suggest at 10k trials does not reload them all. WAL, and no fsync per
+    commit: Optuna writes each trial in its own transaction (the study is derived from the store)."""
     optuna = _optuna()
-    storage = optuna.storages.RDBStorage(storage_url(lab), engine_kwargs={"connect_args": {"timeout": 60}})
-    study = optuna.create_study(study_name=study_name(lab), storage=storage, load_if_exists=True,
-                                direction=lab.config.direction, sampler=sampler)
+    key = (storage_url(lab), study_name(lab))
+    study = _STUDIES.get(key)
+    if study is None:
+        from sqlalchemy import event
+        storage = optuna.storages.RDBStorage(key[0], engine_kwargs={"connect_args": {"timeout": 60}})
+        event.listen(storage.engine, "connect", _sqlite_pragmas)
+        storage.engine.dispose()  # connections made before the listener get the pragmas too
+        study = optuna.create_study(study_name=key[1], storage=storage, load_if_exists=True,
+                                    direction=lab.config.direction)
+        _STUDIES[key] = study
     if study.direction.name.lower() != lab.config.direction:
         raise ToolError(f"the Optuna study {study.study_name} was made for direction={study.direction.name.lower()}, "
                         f"autoresearch.toml says {lab.config.direction}. Fix: move {lab.state_dir / DB_NAME} away.")
+    if sampler is not None:
+        study.sampler = sampler
     return study
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode = WAL")
+    cur.execute("PRAGMA synchronous = NORMAL")
+    cur.close()
 
 
 # -- experiments -> trials ---------------------------------------------------------------------
@@ -162,38 +185,64 @@ def params_match(a: dict, b: dict) -> bool:
     return True
 
 
-def sync(lab: Lab, study, dists: dict) -> None:
-    """Bring the study up to date with the experiments table (idempotent)."""
+def run_values(lab: Lab, exp: dict, dists: dict) -> dict:
+    """The search-space values a run ran with: its snapshot's constants, as recorded at submit
+    (provenance); read from git only for a row without them."""
+    prov = json.loads(exp["config_json"] or "{}").get("provenance")
+    consts = prov.get("constants") if isinstance(prov, dict) and prov.get("commit") == exp["snapshot_commit"] else None
+    if not isinstance(consts, dict):
+        consts = snapshot_constants(lab, exp["snapshot_commit"])
+    return in_space(consts, dists)
+
+
+def sync(lab: Lab, study, dists: dict, store=None) -> None:
+    """Bring the study up to date with the experiments table (idempotent, incremental: only runs
+    above the study's last linked experiment are looked at; finished ones are added in one batch)."""
     optuna = _optuna()
-    store, name = lab.store, study.study_name
-    new = store.experiments_without_trial(name)
-    pending = store.trials_in_state(name, "pending")
-    for exp in new:
-        # the snapshot is the code that ran: its constants hold the run's params
-        values = in_space(snapshot_constants(lab, exp["snapshot_commit"]), dists)
-        if not values:
-            store.insert_trial(name, None, exp["id"], "agent", {}, "skipped")
-            continue
-        match = next((p for p in pending if p["created_at"] <= exp["created_at"]
-                      and params_match(json.loads(p["params_json"]), values)), None)
-        if match is not None:
-            pending.remove(match)
-            store.link_trial(match["id"], exp["id"])
-            _set_attr(study, match["trial_number"], exp["id"])
-            continue
-        attrs = {"experiment_id": exp["id"], "source": "agent", "description": exp["description"][:200]}
-        sub = {k: dists[k] for k in values}
-        if exp["status"] in TERMINAL:  # a truncated (incomparable) run is no success to learn from
-            ok = exp["status"] == "succeeded" and exp["objective"] is not None and exp["verdict"] != "incomparable"
-            study.add_trial(optuna.trial.create_trial(
-                params=values, distributions=sub, user_attrs=attrs, value=exp["objective"] if ok else None,
-                state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL))
-            number = study.get_trials(deepcopy=False)[-1].number
-            store.insert_trial(name, number, exp["id"], "agent", values, "complete" if ok else "fail", told=True)
-        else:  # in flight: enqueue, and ask at once so it is RUNNING (the lock keeps this pair atomic)
-            study.enqueue_trial(values, user_attrs=attrs)
-            trial = study.ask(sub)
-            store.insert_trial(name, trial.number, exp["id"], "agent", values, "running")
+    store, name = store or lab.store, study.study_name
+    S = optuna.trial.TrialState
+    for _ in range(1000):  # experiments_without_trial pages by 1000; a backfill takes a few pages
+        new = store.experiments_without_trial(name)
+        if not new:
+            break
+        pending = store.trials_in_state(name, "pending")
+        batch: list[tuple] = []  # finished runs, added together (the order of ids is kept: flushed first)
+
+        def flush():
+            if not batch:
+                return
+            study.add_trials([t for t, _ in batch])
+            numbers = [t.number for t in study.get_trials(deepcopy=False)[-len(batch):]]
+            store.insert_trials([(name, n, row[0], "agent", row[1], row[2], True) for n, (_, row) in zip(numbers, batch)])
+            batch.clear()
+
+        for exp in new:
+            # the snapshot is the code that ran: its constants hold the run's params
+            values = run_values(lab, exp, dists)
+            terminal = exp["status"] in TERMINAL
+            match = next((p for p in pending if p["created_at"] <= exp["created_at"]
+                          and params_match(json.loads(p["params_json"]), values)), None) if values else None
+            if values and terminal and match is None:  # a truncated (incomparable) run is no success to learn from
+                ok = exp["status"] == "succeeded" and exp["objective"] is not None and exp["verdict"] != "incomparable"
+                attrs = {"experiment_id": exp["id"], "source": "agent", "description": exp["description"][:200]}
+                batch.append((optuna.trial.create_trial(
+                    params=values, distributions={k: dists[k] for k in values}, user_attrs=attrs,
+                    value=exp["objective"] if ok else None, state=S.COMPLETE if ok else S.FAIL),
+                    (exp["id"], values, "complete" if ok else "fail")))
+                continue
+            flush()
+            if not values:
+                store.insert_trial(name, None, exp["id"], "agent", {}, "skipped")
+            elif match is not None:
+                pending.remove(match)
+                store.link_trial(match["id"], exp["id"])
+                _set_attr(study, match["trial_number"], exp["id"])
+            else:  # in flight: enqueue, and ask at once so it is RUNNING (the lock keeps this pair atomic)
+                attrs = {"experiment_id": exp["id"], "source": "agent", "description": exp["description"][:200]}
+                study.enqueue_trial(values, user_attrs=attrs)
+                trial = study.ask({k: dists[k] for k in values})
+                store.insert_trial(name, trial.number, exp["id"], "agent", values, "running")
+        flush()
     for r in store.running_trials_of_finished_runs(name):
         ok = r["status"] == "succeeded" and r["objective"] is not None
         _tell(study, r["trial_number"], r["objective"] if ok else None)
@@ -234,35 +283,45 @@ def suggest(lab: Lab, n: int = 1, *, in_child: bool = False) -> SuggestResult:
         return _suggest_in_child(lab, n)
     optuna = _optuna()
     dists = distributions(cfg.search_space)
-    with _locked(lab):
-        study = open_study(lab, make_sampler(cfg.hpo_sampler))
-        try:
-            sync(lab, study, dists)
-        except ValueError as exc:
-            raise ToolError(f"the study does not accept this workspace's history ({exc}). Fix: check search_space.") from None
-        abandoned = []
-        for p in lab.store.trials_in_state(study.study_name, "pending"):
-            _tell(study, p["trial_number"], None)
-            lab.store.set_trial_state(p["id"], "abandoned")
-            abandoned.append(p["trial_number"])
-        out = []
-        for _ in range(n):
-            trial = study.ask(dists)
-            params = {k: _short(v) for k, v in trial.params.items()}
-            lab.store.insert_trial(study.study_name, trial.number, None, "suggest", params, "pending")
-            trial.set_user_attr("source", "suggest")
-            call = (f"run_experiment(description=\"suggest trial {trial.number}: "
-                    + ", ".join(f"{k}={v}" for k, v in params.items()) + f"\", params={json.dumps(params)})")
-            out.append(Suggestion(trial=trial.number, params=params, run=call))
-        states = [t.state for t in study.get_trials(deepcopy=False)]
-        S = optuna.trial.TrialState
-        best = None
-        try:
-            bt = study.best_trial
-            best = {"value": bt.value, "params": {k: _short(v) for k, v in bt.params.items()},
-                    "experiment_id": bt.user_attrs.get("experiment_id") or lab.store.experiment_of_trial(study.study_name, bt.number)}
-        except ValueError:
-            pass
+    # its own connection: suggest needs nothing of the caller's (the server may run it without its lock)
+    store = Store(lab.store.path)
+    try:
+        with _locked(lab):
+            return _suggest(lab, store, optuna, dists, n)
+    finally:
+        store.close()
+
+
+def _suggest(lab: Lab, store: Store, optuna, dists: dict, n: int) -> SuggestResult:
+    cfg = lab.config
+    study = open_study(lab, make_sampler(cfg.hpo_sampler))
+    try:
+        sync(lab, study, dists, store)
+    except ValueError as exc:
+        raise ToolError(f"the study does not accept this workspace's history ({exc}). Fix: check search_space.") from None
+    abandoned = []
+    for p in store.trials_in_state(study.study_name, "pending"):
+        _tell(study, p["trial_number"], None)
+        store.set_trial_state(p["id"], "abandoned")
+        abandoned.append(p["trial_number"])
+    out = []
+    for _ in range(n):
+        trial = study.ask(dists)
+        params = {k: _short(v) for k, v in trial.params.items()}
+        store.insert_trial(study.study_name, trial.number, None, "suggest", params, "pending")
+        trial.set_user_attr("source", "suggest")
+        call = (f"run_experiment(description=\"suggest trial {trial.number}: "
+                + ", ".join(f"{k}={v}" for k, v in params.items()) + f"\", params={json.dumps(params)})")
+        out.append(Suggestion(trial=trial.number, params=params, run=call))
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    S = optuna.trial.TrialState
+    best = None
+    try:
+        bt = study.best_trial
+        best = {"value": bt.value, "params": {k: _short(v) for k, v in bt.params.items()},
+                "experiment_id": bt.user_attrs.get("experiment_id") or store.experiment_of_trial(study.study_name, bt.number)}
+    except ValueError:
+        pass
     return SuggestResult(
         study=study.study_name, storage=storage_url(lab), sampler=cfg.hpo_sampler,
         trials_complete=states.count(S.COMPLETE), trials_failed=states.count(S.FAIL),
@@ -283,10 +342,11 @@ def _suggest_in_child(lab: Lab, n: int) -> SuggestResult:
 
 
 def after_run(lab: Lab, experiment_id: int) -> None:
-    """Tell the study about a finished (or cancelled) run; a no-op until `suggest` made the study.
-    Never raises: a recording must not fail because of Optuna."""
+    """Tell the study about a finished (or cancelled) run, so that `suggest` finds it up to date
+    (incremental: one run per call, whether or not suggest was ever called). Never raises: a recording
+    must not fail because of Optuna; a workspace without a search space or without Optuna skips it."""
     try:
-        if not lab.config.search_space or not (lab.state_dir / DB_NAME).exists():
+        if not lab.config.search_space or importlib.util.find_spec("optuna") is None:
             return
         with _locked(lab):
             sync(lab, open_study(lab), distributions(lab.config.search_space))

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from sandbox import SandboxUnavailable
 
-from tools import datacache, guard, hpo
+from tools import datacache, guard, hpo, search
 from tools.errors import ToolError
 from tools.lab import Lab
 from tools.launch import launch_sandboxed, sandbox_policy, wait_sandboxed
@@ -72,6 +72,7 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
         parent_id=best["id"] if best else None, config_json=json.dumps(config, default=str),
         params_json=json.dumps(params), snapshot_commit=commit, run_dir_of=lambda i: str(lab.run_dir(i)), **extra)
     lab.workspace.set_experiment_ref(exp_id, commit)
+    search.index_diffs(lab)  # the search index is kept on write (issue 16)
     ensure_supervisor(lab)
     return exp_id
 

@@ -1,9 +1,11 @@
 """search_experiments: SQLite FTS5 over what each experiment was (description, hypothesis), what was
 said about it (its notes) and what it changed (the changed lines of its snapshot diff).
 
-The index (`experiments_fts`, migration 2) is derived data, filled lazily: each search first indexes
-the experiments that are new or whose notes changed since they were indexed. User text never
-reaches FTS5 as syntax: every term is quoted, so no query can raise an FTS syntax error.
+The index (`experiments_fts`) is kept on write, never inside a read: SQLite triggers (migration 5)
+index a run's description and hypothesis when its row is inserted and each linked note when it is
+written; `index_diffs` adds the snapshot's changed lines (git) when a run is submitted. A search is
+one FTS5 query, whatever the history's size. User text never reaches FTS5 as syntax: every term is
+quoted, so no query can raise an FTS syntax error.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from tools.schemas import Status, validate
 
 WEIGHTS = (4.0, 2.0, 2.0, 1.0, 0.0)  # bm25 weight per column (the last is notes_max_id, unindexed)
 MAX_TERMS = 12
-MAX_INDEX_PER_CALL = 500    # ~4 ms of git per experiment: a first search over a big history stays bounded
+MAX_DIFFS_PER_WRITE = 20    # ~4 ms of git each: a submit also indexes a few runs left from before migration 5
 MAX_NOTES_CHARS = 20_000
 MAX_DIFF_CHARS = 20_000
 
@@ -47,8 +49,7 @@ class SearchPage(BaseModel):
     mode: Literal["all terms", "any term"]
     total: int = Field(description="matching experiments (hits shows at most `limit`)")
     hits: list[SearchHit]
-    indexed_now: int = Field(description="experiments (re)indexed by this call")
-    not_indexed: int = Field(0, description="experiments still waiting to be indexed (search again to include them)")
+    not_indexed: int = Field(0, description="runs whose code diff is not indexed yet (their text and notes are)")
 
 
 # -- query handling ------------------------------------------------------------------------
@@ -72,30 +73,22 @@ def changed_lines(diff: str) -> str:
     return "\n".join(lines)[:MAX_DIFF_CHARS]
 
 
-def refresh_index(lab: Lab, max_items: int = MAX_INDEX_PER_CALL) -> tuple[int, int]:
-    """Index new experiments and re-index those with new notes; returns (indexed, still pending)."""
-    stale = lab.store.stale_search_rows()
-    todo, pending = stale[:max_items], max(0, len(stale) - max_items)
-    rows = []
-    for exp_id, notes_max, was_indexed, old_diff in todo:
-        exp = lab.store.get_experiment(exp_id)
-        diff = old_diff if was_indexed else _snapshot_diff(lab, exp)  # a snapshot never changes
-        notes = lab.store.note_texts(exp_id)
-        rows.append((exp_id, exp["description"], exp["hypothesis"] or "",
-                     "\n".join(notes)[:MAX_NOTES_CHARS], diff or "", notes_max))
+def index_diffs(lab: Lab, max_items: int = MAX_DIFFS_PER_WRITE) -> int:
+    """Index the snapshot diffs of the runs waiting for one (newest first: the run just submitted);
+    called on write (runs.submit), never by a search. Returns how many were indexed."""
+    todo = lab.store.pending_search_diffs(max_items)
+    rows = [(exp_id, _snapshot_diff(lab, commit, parent)) for exp_id, commit, parent in todo]
     if rows:
-        lab.store.replace_search_rows(rows)
-    return len(rows), pending
+        lab.store.set_search_diffs(rows)
+    return len(rows)
 
 
-def _snapshot_diff(lab: Lab, exp: dict) -> str:
-    if not exp["snapshot_commit"]:
+def _snapshot_diff(lab: Lab, commit: str | None, parent_commit: str | None) -> str:
+    if not commit:
         return ""
-    parent = lab.store.get_experiment(exp["parent_id"]) if exp["parent_id"] else None
-    base = parent["snapshot_commit"] if parent else None
     try:
-        return changed_lines(lab.workspace.diff(base, exp["snapshot_commit"], max_chars=4 * MAX_DIFF_CHARS))
-    except ToolError:  # a snapshot lost from git (gc'd ref): index the text fields anyway
+        return changed_lines(lab.workspace.diff(parent_commit, commit, max_chars=4 * MAX_DIFF_CHARS))
+    except ToolError:  # a snapshot lost from git (gc'd ref): the text fields are indexed anyway
         return ""
 
 
@@ -109,8 +102,6 @@ def search_experiments(lab: Lab, query: str, status: str | None = None, verdict:
     terms = fts_terms(query)
     if not terms:
         raise ToolError(f"query={query!r} has no words to search for. Fix: pass words or numbers, e.g. 'warmup lr'.")
-    indexed, pending = refresh_index(lab)
-
     mode: Literal["all terms", "any term"] = "all terms"
     fts_query = " ".join(terms)
     total = lab.store.search_count(fts_query, status, verdict)
@@ -122,7 +113,8 @@ def search_experiments(lab: Lab, query: str, status: str | None = None, verdict:
     hits = [SearchHit(id=r[0], status=r[1], verdict=r[2], objective=r[3], delta=r[4], kept=bool(r[5]),
                       description=_clip(r[6], 120), matched_in=where.get(r[0], []),
                       snippet=_clip(" ".join(r[7].split()), 240)) for r in rows]
-    return SearchPage(query=fts_query, mode=mode, total=total, hits=hits, indexed_now=indexed, not_indexed=pending)
+    return SearchPage(query=fts_query, mode=mode, total=total, hits=hits,
+                      not_indexed=lab.store.count_pending_search_diffs())
 
 
 def _clip(text: str, n: int) -> str:

@@ -167,6 +167,42 @@ MIGRATIONS: list[str] = [
     CREATE TRIGGER best_changes_no_update BEFORE UPDATE ON best_changes
         BEGIN SELECT RAISE(ABORT, 'best_changes is append-only'); END;
     """,
+    # 5 (issue 16): every read stays cheap at 100k experiments. Indexes for the orders and filters
+    # the read tools use (a row's objective and rerun_of sit behind its ~5 KB config_json, so a scan
+    # reads every overflow page). The search index is kept on write: triggers index the text fields
+    # and the linked notes in the writer's transaction; tools/search.py adds the snapshot diff (git)
+    # when a run is submitted, off the queue search_pending. Existing rows are indexed here once.
+    """
+    CREATE INDEX experiments_kept ON experiments(finished_at, id) WHERE kept = 1;
+    CREATE INDEX experiments_objective ON experiments(objective, id);
+    CREATE INDEX experiments_status_objective ON experiments(status, objective, id);
+    CREATE INDEX notes_experiment ON notes(experiment_id, id);
+    CREATE INDEX hpo_trials_study_state ON hpo_trials(study, state);
+    CREATE INDEX hpo_trials_study_experiment ON hpo_trials(study, experiment_id);
+    CREATE TABLE search_pending (experiment_id INTEGER PRIMARY KEY);  -- runs whose diff is not indexed yet
+    INSERT INTO search_pending SELECT e.id FROM experiments e WHERE e.snapshot_commit IS NOT NULL
+        AND NOT EXISTS (SELECT 1 FROM experiments_fts f WHERE f.rowid = e.id);
+    INSERT INTO experiments_fts (rowid, description, hypothesis, notes, diff, notes_max_id)
+        SELECT e.id, e.description, coalesce(e.hypothesis, ''), '', '', 0 FROM experiments e
+        WHERE NOT EXISTS (SELECT 1 FROM experiments_fts f WHERE f.rowid = e.id);
+    UPDATE experiments_fts SET notes = coalesce((SELECT substr(group_concat(n.text, char(10)), 1, 20000)
+        FROM (SELECT text FROM notes WHERE experiment_id = experiments_fts.rowid ORDER BY id) n), '');
+    CREATE TRIGGER experiments_fts_insert AFTER INSERT ON experiments BEGIN
+        INSERT INTO experiments_fts (rowid, description, hypothesis, notes, diff, notes_max_id)
+            VALUES (new.id, new.description, coalesce(new.hypothesis, ''), '', '', 0);
+        INSERT OR IGNORE INTO search_pending SELECT new.id WHERE new.snapshot_commit IS NOT NULL;
+    END;
+    CREATE TRIGGER experiments_fts_text AFTER UPDATE OF description, hypothesis ON experiments BEGIN
+        UPDATE experiments_fts SET description = new.description, hypothesis = coalesce(new.hypothesis, '')
+            WHERE rowid = new.id;
+    END;
+    CREATE TRIGGER experiments_fts_note AFTER INSERT ON notes WHEN new.experiment_id IS NOT NULL BEGIN
+        UPDATE experiments_fts SET notes = substr(CASE WHEN notes = '' THEN new.text
+                                                       ELSE notes || char(10) || new.text END, 1, 20000),
+                                   notes_max_id = new.id
+            WHERE rowid = new.experiment_id;
+    END;
+    """,
 ]
 
 # The lifecycle's end states (the one definition: every module that waits or tells reads it here).
@@ -349,12 +385,21 @@ class Store:
         return self.db.conn.execute("SELECT count(*) FROM experiments WHERE status = ?", [status]).fetchone()[0]
 
     def list_experiments(self, *, limit: int, status: str | None, order_by: str, direction: str) -> list[dict]:
-        order = {
-            "created": "id DESC",
-            "objective": f"objective IS NULL, objective {'ASC' if direction == 'minimize' else 'DESC'}, id",
-        }[order_by]  # whitelisted identifiers only
-        where, args = ("WHERE status = ?", [status]) if status else ("", [])
-        return list(self.db.query(f"SELECT * FROM experiments {where} ORDER BY {order} LIMIT ?", [*args, limit]))
+        """The first `limit` rows by id (newest first) or by objective (best first, then the runs without
+        one, oldest first). Both walk an index (migration 5) and read only `limit` rows."""
+        where, args = ("status = ? AND ", [status]) if status else ("", [])
+        if order_by == "created":
+            return list(self.db.query(f"SELECT * FROM experiments WHERE {where}1 ORDER BY id DESC LIMIT ?",
+                                      [*args, limit]))
+        if order_by != "objective":
+            raise ValueError(f"unknown order_by {order_by!r}")
+        order = "ASC" if direction == "minimize" else "DESC"  # whitelisted
+        rows = list(self.db.query(f"SELECT * FROM experiments WHERE {where}objective IS NOT NULL "
+                                  f"ORDER BY objective {order}, id LIMIT ?", [*args, limit]))
+        if len(rows) < limit:
+            rows += self.db.query(f"SELECT * FROM experiments WHERE {where}objective IS NULL ORDER BY id LIMIT ?",
+                                  [*args, limit - len(rows)])
+        return rows
 
     def experiments_with_status(self, *statuses: str) -> list[dict]:
         marks = ", ".join("?" for _ in statuses)
@@ -469,11 +514,17 @@ class Store:
 
     # -- HPO trials (the link between Optuna trials and experiments) --------------------------
     def experiments_without_trial(self, study: str, limit: int = 1000) -> list[dict]:
-        """Experiments that are not reruns and not yet linked to a trial of `study`."""
+        """Experiments that are not reruns and not yet linked to a trial of `study`. Trials are linked
+        in id order, so only ids above the study's last linked one are looked at (O(new), not O(all))."""
         return list(self.db.query(
-            "SELECT e.* FROM experiments e WHERE e.rerun_of IS NULL AND NOT EXISTS "
+            "SELECT e.* FROM experiments e WHERE e.id > (SELECT coalesce(max(experiment_id), 0) FROM hpo_trials "
+            "WHERE study = ?) AND e.rerun_of IS NULL AND NOT EXISTS "
             "(SELECT 1 FROM hpo_trials h WHERE h.experiment_id = e.id AND h.study = ?) ORDER BY e.id LIMIT ?",
-            [study, limit]))
+            [study, study, limit]))
+
+    def trial_counts(self, study: str) -> dict[str, int]:
+        return dict(self.db.conn.execute("SELECT state, count(*) FROM hpo_trials WHERE study = ? GROUP BY state",
+                                         [study]).fetchall())
 
     def trials_in_state(self, study: str, state: str) -> list[dict]:
         return list(self.db.query("SELECT * FROM hpo_trials WHERE study = ? AND state = ? ORDER BY id", [study, state]))
@@ -495,6 +546,16 @@ class Store:
                 [time.time(), study, number, experiment_id, source, json.dumps(params), state,
                  time.time() if told else None]).lastrowid
 
+    def insert_trials(self, rows: list[tuple]) -> None:
+        """rows: (study, number, experiment_id, source, params, state, told), in one transaction."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO hpo_trials (created_at, study, trial_number, experiment_id, source, params_json, state, "
+                "told_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(now, st, num, eid, src, json.dumps(params), state, now if told else None)
+                 for st, num, eid, src, params, state, told in rows])
+
     def link_trial(self, trial_row_id: int, experiment_id: int) -> None:
         with self.transaction() as conn:
             conn.execute("UPDATE hpo_trials SET experiment_id = ?, state = 'running' WHERE id = ?",
@@ -510,29 +571,25 @@ class Store:
         return row[0] if row else None
 
     # -- the full-text index (experiments_fts, derived) ----------------------------------------
-    def stale_search_rows(self) -> list[tuple]:
-        """(id, notes_max_id, indexed?, indexed diff) of experiments whose index row is missing or
-        predates their latest linked note."""
-        return self.db.conn.execute(
-            """WITH nm AS (SELECT experiment_id, max(id) AS m FROM notes
-                           WHERE experiment_id IS NOT NULL GROUP BY experiment_id)
-               SELECT e.id, coalesce(nm.m, 0), f.rowid IS NOT NULL, f.diff
-               FROM experiments e
-               LEFT JOIN nm ON nm.experiment_id = e.id
-               LEFT JOIN experiments_fts f ON f.rowid = e.id
-               WHERE f.rowid IS NULL OR coalesce(f.notes_max_id, 0) != coalesce(nm.m, 0)
-               ORDER BY e.id""").fetchall()
-
     def note_texts(self, experiment_id: int) -> list[str]:
         return [t for (t,) in self.db.conn.execute("SELECT text FROM notes WHERE experiment_id = ? ORDER BY id",
                                                    [experiment_id])]
 
-    def replace_search_rows(self, rows: list[tuple]) -> None:
-        """rows: (id, description, hypothesis, notes, diff, notes_max_id)."""
+    def pending_search_diffs(self, limit: int) -> list[tuple]:
+        """(id, snapshot_commit, parent's snapshot_commit) of runs whose diff is not indexed yet, newest first."""
+        return self.db.conn.execute(
+            "SELECT e.id, e.snapshot_commit, p.snapshot_commit FROM search_pending s JOIN experiments e ON e.id = "
+            "s.experiment_id LEFT JOIN experiments p ON p.id = e.parent_id ORDER BY s.experiment_id DESC LIMIT ?",
+            [int(limit)]).fetchall()
+
+    def count_pending_search_diffs(self) -> int:
+        return self.db.conn.execute("SELECT count(*) FROM search_pending").fetchone()[0]
+
+    def set_search_diffs(self, rows: list[tuple[int, str]]) -> None:
+        """rows: (id, changed lines); the runs leave the pending queue."""
         with self.transaction() as conn:
-            conn.executemany("DELETE FROM experiments_fts WHERE rowid = ?", [(r[0],) for r in rows])
-            conn.executemany("INSERT INTO experiments_fts (rowid, description, hypothesis, notes, diff, notes_max_id) "
-                             "VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("UPDATE experiments_fts SET diff = ? WHERE rowid = ?", [(d, i) for i, d in rows])
+            conn.executemany("DELETE FROM search_pending WHERE experiment_id = ?", [(i,) for i, _ in rows])
 
     @staticmethod
     def _search_filters(status: str | None, verdict: str | None) -> tuple[str, list]:
