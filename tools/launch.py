@@ -71,8 +71,9 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     gpus = gpu_slots(cfg)
     gpu = False
     if gpus and argv is None:  # each slot owns one GPU: its device node only, and CUDA_VISIBLE_DEVICES to match
-        gpu = [gpus[slot % len(gpus)]]
-        env["CUDA_VISIBLE_DEVICES"] = str(gpu[0])
+        per = max(1, cfg.slurm.gpus_per_run) if cfg.executor == "slurm" else 1  # a job: its whole allocation
+        gpu = [gpus[(slot * per + i) % len(gpus)] for i in range(min(per, len(gpus)))]
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu))
     return SandboxPolicy(argv=argv or lab.command_argv(), cwd=code_dir, run_dir=run_dir, read_only=read_only,
                          hidden=[h for h in hidden if h.exists()], env=env, network=cfg.network, limits=limits,
                          gpu=gpu, min_backend=BACKEND_FLOOR[cfg.sandbox])

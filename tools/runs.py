@@ -8,6 +8,12 @@ sandbox: for the eCLIP scorer one process per fold on its own task folder, for a
 the command then the scorer. The trusted scorer (tools/scoring.py) computes the objective; the
 run's own files are read through tools/rundir.py (bounded). The server only reads the store and
 the run dir's progress.
+
+Where the processes run is the executor's (tools/executors.py). `local`: the supervisor starts each
+sandboxed process itself (`execute_claimed`). `slurm`: the supervisor submits one job per claimed
+run (`submit_job`), whose entry point (tools/job.py) runs `execute_claimed` on a node and leaves its
+Outcome in the job's folder; the supervisor (or, after a restart, `recover`) asks SLURM how the job
+ended and records it here (`settle_job`): only this machine writes the SQLite store.
 """
 
 from __future__ import annotations
@@ -27,9 +33,13 @@ from pathlib import Path
 from sandbox import SandboxUnavailable
 
 from tools import datacache, guard, hpo, search
+from sandbox import SandboxResult
+
 from tools.errors import ToolError
+from tools.executors import (JobHandle, JobSpec, JobStatus, LocalExecutor, SlurmExecutor, executor_for, jobs_dir,
+                             load_handle, save_handle)
 from tools.lab import Lab
-from tools.launch import launch_sandboxed, sandbox_policy, wait_sandboxed
+from tools.launch import sandbox_policy
 from tools.params import bake
 from tools.provenance import main_file, provenance
 from tools.rundir import (fold_dirs, integer, log_tail, metric_rows, number, read_all_steps, read_cache_status, read_metrics,
@@ -97,7 +107,7 @@ def _baked(lab: Lab, params: dict, commit: str | None) -> dict[str, bytes]:
 
 
 def ensure_supervisor(lab: Lab) -> None:
-    """Start a detached supervisor; it exits at once when every slot is already busy."""
+    """Start a detached supervisor; it exits at once when every slot (slurm: the one watcher) is busy."""
     log = open(lab.state_dir / "supervisor.log", "ab")
     try:
         # -P and a cwd outside the workspace: a tools/ folder an agent left in the workspace must not
@@ -122,17 +132,9 @@ class Outcome:
 def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
     """Run one claimed experiment to its end, score it, record it. `should_cancel()` is polled."""
     exp_id = exp["id"]
-    run_dir = lab.run_dir(exp_id)
-    code_dir = run_dir / "code"
-    code_dir.mkdir(parents=True, exist_ok=True)
     try:
-        lab.workspace.set_experiment_ref(exp_id, exp["snapshot_commit"])  # idempotent; see submit
-        lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
         try:
-            if lab.config.scorer == "eclip":
-                outcome = _run_folds(lab, exp, run_dir, code_dir, should_cancel, slot)
-            else:
-                outcome = _run_sandboxed(lab, exp, run_dir, code_dir, should_cancel, slot)
+            outcome = execute_claimed(lab, exp, should_cancel, slot)
         except SandboxUnavailable as exc:
             record(lab, exp_id, status="failed", error=f"sandbox refused: {exc}")
             return
@@ -142,12 +144,34 @@ def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
         raise
 
 
+def execute_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> Outcome:
+    """The launch half of a run, here or on a SLURM node (tools/job.py): the snapshot into the run dir,
+    then its sandboxed processes (per fold, or the command and its scorer). Raises SandboxUnavailable."""
+    exp_id = exp["id"]
+    run_dir = lab.run_dir(exp_id)
+    code_dir = run_dir / "code"
+    code_dir.mkdir(parents=True, exist_ok=True)
+    lab.workspace.set_experiment_ref(exp_id, exp["snapshot_commit"])  # idempotent; see submit
+    lab.workspace.export_snapshot(exp["snapshot_commit"], code_dir)
+    if lab.config.scorer == "eclip":
+        return _run_folds(lab, exp, run_dir, code_dir, should_cancel, slot)
+    return _run_sandboxed(lab, exp, run_dir, code_dir, should_cancel, slot)
+
+
 def wait_run(lab: Lab, exp_id: int | None, policy, should_cancel, outcome: Outcome, what: str) -> bool:
-    """Start one sandboxed process and wait for it; False (with outcome's status set) if it did not succeed."""
-    proc = launch_sandboxed(lab, policy)
+    """Start one sandboxed process (a local job) and wait for it; False (with outcome's status set) if it
+    did not succeed."""
+    local = LocalExecutor(lab)
+    handle = local.submit(JobSpec.for_policy(policy, name=what))
     if exp_id is not None:
-        lab.store.update_experiment(exp_id, sandbox_backend=proc.backend)
-    result = wait_sandboxed(proc, should_cancel)
+        lab.store.update_experiment(exp_id, sandbox_backend=handle.proc.backend)
+    cancelled = False  # cancel once, then wait for the whole tree to be gone
+    while not (st := local.status(handle)).final:
+        if not cancelled and should_cancel():
+            cancelled = True
+            local.cancel(handle)
+        time.sleep(0.2)
+    result = st.result
     outcome.result = result
     outcome.wall_seconds += result.wall_seconds or 0.0
     outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, result.peak_memory_bytes or 0)
@@ -390,7 +414,10 @@ def request_cancel(lab: Lab, exp_id: int) -> str:
         return exp["status"]
     run_dir = lab.run_dir(exp_id)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "cancel").touch()
+    (run_dir / "cancel").touch()  # the source of truth; a SLURM job's entry point sees it too
+    handle = load_handle(lab, exp_id)
+    if handle is not None and handle.executor == "slurm":
+        SlurmExecutor(lab.config.slurm).cancel(handle)  # gone from squeue now; settled by the supervisor
     pid = exp["supervisor_pid"]
     if pid and supervisor_alive(lab, pid):
         try:
@@ -422,17 +449,132 @@ def supervisor_alive(lab: Lab, pid: int | None) -> bool:
 
 
 def recover(lab: Lab, *, kick: bool = True) -> list[int]:
-    """Settle runs whose supervisor died: record them from the run dir, or mark them interrupted.
-    With kick, start a supervisor for runs still queued (a supervisor itself passes kick=False)."""
-    settled = []
+    """Settle runs whose supervisor died: a SLURM job is asked about (finished: recorded; still queued or
+    running: left to the next supervisor, which adopts it); a local run is recorded from its run dir,
+    or marked interrupted. With kick, start a supervisor for runs still queued or in flight (a
+    supervisor itself passes kick=False)."""
+    settled, in_flight = [], False
     for exp in lab.store.experiments_with_status("running"):
         if supervisor_alive(lab, exp["supervisor_pid"]):
+            continue
+        handle = load_handle(lab, exp["id"])
+        if handle is not None and handle.executor == "slurm":
+            status = SlurmExecutor(lab.config.slurm).status(handle)
+            if not status.final:
+                in_flight = True  # a job nobody watches: the supervisor started below adopts it
+                continue
+            settle_job(lab, exp, handle, status)
+            settled.append(exp["id"])
             continue
         record_from_run_dir(lab, exp["id"], recovered=True)
         row = lab.store.get_experiment(exp["id"])
         if row["status"] == "interrupted":
             lab.store.update_experiment(exp["id"], error=f"the supervisor died before the run finished: {row['error']}")
         settled.append(exp["id"])
-    if kick and lab.store.count_experiments("queued"):
+    if kick and (in_flight or lab.store.count_experiments("queued")):
         ensure_supervisor(lab)
     return settled
+
+
+# -- SLURM: one job per experiment (the supervisor submits and settles) ---------------------
+JOB_EXP = "experiment.json"   # the claimed row the entry point runs (the node never opens the SQLite store)
+JOB_OUTCOME = "outcome.json"  # what the entry point saw: the Outcome, the last SandboxResult
+
+
+def job_time_limit_s(lab: Lab, exp: dict) -> float:
+    """The job's --time: what our own limits allow the run (budget + grace per process, the scorer)
+    plus the [slurm] margin (task builds, interpreter start, the node's file system)."""
+    cfg = lab.config
+    budget = float(exp["time_budget_s"] or cfg.time_budget_s)
+    processes = cfg.folds if cfg.scorer == "eclip" else 1
+    total = budget + processes * cfg.timeout_grace_s
+    if cfg.scorer != "eclip":
+        total += cfg.scorer_timeout_s + cfg.timeout_grace_s
+    return total + cfg.slurm.time_margin_s
+
+
+def job_spec(lab: Lab, exp: dict) -> JobSpec:
+    cfg, s = lab.config, lab.config.slurm
+    exp_id = exp["id"]
+    folder = jobs_dir(lab, exp_id)
+    mem = s.mem_gb or (cfg.memory_limit_gb + 1 if cfg.memory_limit_gb else None)
+    name = "ar-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in cfg.name)[:40] + f"-{exp_id}"
+    return JobSpec(argv=[s.python or sys.executable, "-P", "-m", "tools.job", str(lab.root), str(exp_id)],
+                   run_dir=lab.run_dir(exp_id), name=name, env={"PYTHONUNBUFFERED": "1"}, gpus=s.gpus_per_run,
+                   cpus=s.cpus_per_run, mem_gb=mem, time_limit_s=job_time_limit_s(lab, exp),
+                   log_path=folder / "slurm-%j.log")
+
+
+def submit_job(lab: Lab, exp: dict) -> JobHandle:
+    """Hand one claimed run to SLURM: the row for the entry point, sbatch, the handle saved (then the
+    row's config names the job). A refusal records the run failed."""
+    exp_id = exp["id"]
+    folder = jobs_dir(lab, exp_id)
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    (folder / JOB_EXP).write_text(json.dumps(exp, default=str))
+    lab.run_dir(exp_id).mkdir(parents=True, exist_ok=True)
+    executor = executor_for(lab)
+    handle = executor.submit(job_spec(lab, exp))
+    save_handle(lab, exp_id, handle)
+    row = lab.store.get_experiment(exp_id)
+    config = json.loads(row["config_json"] or "{}")
+    config["job"] = {"executor": handle.executor, "job_id": handle.job_id, "log": handle.log_path}
+    lab.store.update_experiment(exp_id, only_if_status=("running",), config_json=json.dumps(config, default=str))
+    return handle
+
+
+def settle_job(lab: Lab, exp: dict, handle: JobHandle, status: JobStatus) -> None:
+    """Record a finished SLURM job: its entry point's Outcome scored as usual, or, where SLURM ended
+    it first, what SLURM says (cancelled, timeout; cancelled outside us or lost: interrupted)."""
+    exp_id = exp["id"]
+    outcome = read_outcome(lab, exp_id)
+    requested = (lab.run_dir(exp_id) / "cancel").exists()
+    where = f"SLURM job {handle.job_id}"
+    said = status.native + (f", {status.reason}" if status.reason else "")
+    kept = outcome.result if outcome is not None else None
+    if status.state == "cancelled" and requested:
+        outcome = Outcome(status="cancelled", error="cancelled on request", result=kept)
+    elif status.state == "cancelled":
+        outcome = Outcome(status="interrupted", result=kept,
+                          error=f"{where} was cancelled outside autoresearch ({said}). Fix: rerun the experiment")
+    elif status.state == "timeout" and (outcome is None or outcome.status != "timeout"):
+        limit = f"{handle.time_limit_s:.0f} s" if handle.time_limit_s else "its limit"
+        outcome = Outcome(status="timeout", result=kept,
+                          error=f"{where} reached its SLURM time limit ({limit}, [slurm] time_margin_s included) "
+                                f"and was killed ({said})")
+    elif outcome is None and status.state == "lost":
+        outcome = Outcome(status="interrupted", error=f"{status.reason}: it left no result. Fix: rerun the experiment")
+    elif outcome is None:
+        tail = SlurmExecutor(lab.config.slurm).logs(handle, 20).strip()
+        outcome = Outcome(status="failed", error=f"{where} ended {said} (exit code {status.exit_code}) before its "
+                                                 "entry point wrote a result" + (f"\n--- job log ---\n{tail}" if tail else ""))
+    record_from_run_dir(lab, exp_id, outcome=outcome)
+
+
+def write_outcome(lab: Lab, exp_id: int, outcome: Outcome) -> None:
+    """The entry point's account of its run (the job's folder: the run cannot write it)."""
+    result = outcome.result.to_dict() if isinstance(outcome.result, SandboxResult) else None
+    data = {"status": outcome.status, "error": outcome.error, "wall_seconds": outcome.wall_seconds,
+            "peak_memory_bytes": outcome.peak_memory_bytes, "result": result}
+    path = jobs_dir(lab, exp_id) / JOB_OUTCOME
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, default=str))
+    os.replace(tmp, path)
+
+
+def read_outcome(lab: Lab, exp_id: int) -> Outcome | None:
+    path = jobs_dir(lab, exp_id) / JOB_OUTCOME
+    try:
+        with open(path, "rb") as f:
+            data = json.loads(f.read(4 * 2**20))
+        result = data.get("result")
+        if result is not None:
+            result = SandboxResult(**{**result, "stdout_path": Path(result["stdout_path"]),
+                                      "stderr_path": Path(result["stderr_path"])})
+        status = data["status"] if data.get("status") in ("succeeded", "failed", "timeout", "cancelled") else "failed"
+        return Outcome(status=status, error=data.get("error"), result=result,
+                       wall_seconds=float(data.get("wall_seconds") or 0.0),
+                       peak_memory_bytes=int(data.get("peak_memory_bytes") or 0))
+    except (OSError, ValueError, TypeError, KeyError):
+        return None

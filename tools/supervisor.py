@@ -4,6 +4,11 @@ It takes one of the workspace's `concurrency` slots (a flock), then claims queue
 id order and runs each to its end, so runs outlive the MCP server that submitted them. It exits
 when the queue is empty; a run submitted meanwhile is caught by the re-check after the slot is
 released (or by the supervisor its submitter started).
+
+With `executor = "slurm"` one supervisor per workspace (a single slot) watches instead of running:
+it submits each claimed run as its own sbatch job (up to [slurm] max_jobs in flight), asks SLURM
+about them, scancels on request, and records each as it ends. It adopts jobs a dead supervisor
+left in flight, and exits when nothing is queued or in flight; the jobs do not need it to run.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import fcntl
 import os
 import signal
 import sys
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,15 +25,17 @@ from tools.config import slot_count
 from tools.errors import ToolError
 from tools.lab import Lab
 from tools.reruns import submit_reruns
-from tools.runs import recover, run_claimed, supervisor_lock_path
+from tools.executors import executor_for, load_handle
+from tools.runs import (record, recover, run_claimed, settle_job, submit_job, supervisor_alive,
+                        supervisor_lock_path)
 
 
 @contextmanager
 def _slot(lab: Lab):
-    """Yield a held slot lock file, or None when all slots are busy."""
+    """Yield a held slot lock file, or None when all slots are busy (slurm: the one watcher's slot)."""
     slots = lab.state_dir / "slots"
     slots.mkdir(parents=True, exist_ok=True)
-    for k in range(slot_count(lab.config)):
+    for k in range(slot_count(lab.config) if lab.config.executor == "local" else 1):
         f = open(slots / f"slot-{k}.lock", "a")
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -57,6 +65,72 @@ def queue_baseline_seeds(lab: Lab, exp_id: int) -> None:
         print(f"supervisor: no baseline seed reruns for #{exp_id}: {exc}", file=sys.stderr)
 
 
+def watch_jobs(lab: Lab, pid: int, terminating: list) -> int:
+    """The slurm supervisor's loop: submit, poll, cancel on request, record; SLURM does the scheduling."""
+    executor = executor_for(lab)
+    poll_s = lab.config.slurm.poll_s
+    while True:
+        with _slot(lab) as slot:
+            if slot is None:
+                return 0
+            cancelled: set[int] = set()
+            while not terminating:
+                for exp in _adopt(lab, pid):
+                    handle = load_handle(lab, exp["id"])
+                    if handle is None:  # claimed, not yet submitted: cannot be, while we live
+                        continue
+                    if exp["id"] not in cancelled and (lab.run_dir(exp["id"]) / "cancel").exists():
+                        cancelled.add(exp["id"])
+                        executor.cancel(handle)
+                    status = executor.status(handle)
+                    if status.final:
+                        settle_job(lab, exp, handle, status)
+                        queue_baseline_seeds(lab, exp["id"])
+                in_flight = len(lab.store.experiments_with_status("running"))
+                while in_flight < lab.config.slurm.max_jobs and not terminating:
+                    exp = lab.store.claim_next_queued(pid)
+                    if exp is None:
+                        break
+                    _submit(lab, exp)
+                    in_flight += 1
+                if not _mine(lab, pid) and not lab.store.count_experiments("queued"):
+                    break
+                _nap(lab, poll_s, room=in_flight < lab.config.slurm.max_jobs)
+        # the jobs live on without us: after a SIGTERM the next supervisor adopts them
+        if terminating or not (lab.store.count_experiments("queued") or _mine(lab, pid)):
+            return 0
+
+
+def _nap(lab: Lab, seconds: float, room: bool) -> None:
+    """Wait for the next poll of SLURM; a run submitted meanwhile (with room for it) ends the wait."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        if room and lab.store.count_experiments("queued"):
+            return
+
+
+def _mine(lab: Lab, pid: int) -> list[dict]:
+    return [e for e in lab.store.experiments_with_status("running") if e["supervisor_pid"] == pid]
+
+
+def _adopt(lab: Lab, pid: int) -> list[dict]:
+    """The jobs this supervisor watches: its own, and those a dead supervisor left in flight."""
+    for exp in lab.store.experiments_with_status("running"):
+        if exp["supervisor_pid"] != pid and not supervisor_alive(lab, exp["supervisor_pid"]) \
+                and load_handle(lab, exp["id"]) is not None:
+            lab.store.update_experiment(exp["id"], only_if_status=("running",), supervisor_pid=pid)
+    return _mine(lab, pid)
+
+
+def _submit(lab: Lab, exp: dict) -> None:
+    try:
+        submit_job(lab, exp)
+    except Exception as exc:  # sbatch refused (a bad partition or account...): the run failed, and why
+        record(lab, exp["id"], status="failed", error=f"not submitted to SLURM: {exc}")
+        print(f"supervisor: experiment {exp['id']} not submitted: {exc}", file=sys.stderr)
+
+
 def main(argv: list[str]) -> int:
     lab = Lab.open(Path(argv[0]))
     pid = os.getpid()
@@ -71,6 +145,8 @@ def main(argv: list[str]) -> int:
     signal.signal(signal.SIGTERM, lambda *_: terminating.append(True))
     try:
         recover(lab, kick=False)  # runs orphaned by a supervisor that was killed
+        if lab.config.executor != "local":
+            return watch_jobs(lab, pid, terminating)
         while True:
             with _slot(lab) as slot:
                 if slot is None:
