@@ -232,7 +232,7 @@ class SlurmExecutor:
             f = dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", c.stdout))
             return _final(f.get("JobState", ""), f.get("ExitCode", ""), f.get("Reason", ""))
         why = (c.stderr or a.stderr or q.stderr or "").strip().splitlines()
-        return JobStatus("lost", reason=f"SLURM job {jid} is unknown to squeue, sacct and scontrol"
+        return JobStatus("lost", reason="unknown to squeue, sacct and scontrol"
                                         + (f" ({why[-1][:200]})" if why else ""), native="UNKNOWN")
 
     def cancel(self, handle: JobHandle) -> None:
@@ -255,7 +255,10 @@ def _final(word: str, code: str, reason: str) -> JobStatus:
     exit_code = None
     if m := re.match(r"(\d+):(\d+)", code or ""):
         exit_code = int(m.group(1)) or (-int(m.group(2)) if int(m.group(2)) else 0)
-    return JobStatus(state, exit_code=exit_code, reason="" if reason in ("None", "") else reason, native=word)
+    reason = "" if reason in ("None", "") else reason
+    if state == "lost" and not reason:
+        reason = f"SLURM ended it {base}"
+    return JobStatus(state, exit_code=exit_code, reason=reason, native=word)
 
 
 def _run(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:

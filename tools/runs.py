@@ -544,7 +544,8 @@ def settle_job(lab: Lab, exp: dict, handle: JobHandle, status: JobStatus) -> Non
                           error=f"{where} reached its SLURM time limit ({limit}, [slurm] time_margin_s included) "
                                 f"and was killed ({said})")
     elif outcome is None and status.state == "lost":
-        outcome = Outcome(status="interrupted", error=f"{status.reason}: it left no result. Fix: rerun the experiment")
+        outcome = Outcome(status="interrupted", error=f"{where} was lost ({status.reason or status.native}) and left "
+                                                      "no result. Fix: rerun the experiment")
     elif outcome is None:
         tail = SlurmExecutor(lab.config.slurm).logs(handle, 20).strip()
         outcome = Outcome(status="failed", error=f"{where} ended {said} (exit code {status.exit_code}) before its "
