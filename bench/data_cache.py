@@ -1,7 +1,7 @@
 """What the warmed tensor cache saves a run: loading train+val uncached vs from the cache, side by
 side in one process, at the image sizes an agent is likely to try.
 
-    python bench/data_cache.py --data DIR [--sizes 48 96 128] [--repeats 3]
+    python -m bench.data_cache --data DIR [--sizes 48 96 128] [--repeats 3]
 
 DIR is a prepared dataset (e.g. a workspace's data/synthetic-prints, or a Ukiyo-eVG tree). The
 cache is built into a temporary folder (DIR is not written); each figure is the median of
@@ -22,6 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from model.data import load_pairs  # noqa: E402
 from model.odvg import resolve_dataset  # noqa: E402
+from bench.common import record  # noqa: E402
 
 
 def timed(fn, repeats: int) -> float:
@@ -44,6 +45,7 @@ def main(argv=None) -> int:
     quiet = lambda m: None  # noqa: E731
     print(f"dataset {root}, context {a.context_length}, median of {a.repeats}")
     print(f"{'px':>5} {'pairs':>7} {'uncached s':>11} {'cached s':>9} {'ratio':>7}")
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in a.sizes:
             if any((root / ".cache").glob(f"*-{size}px-*")):
@@ -56,6 +58,8 @@ def main(argv=None) -> int:
             cached = timed(lambda: load_pairs(size, a.context_length, data_dir=root, cache_dir=tmp, log=quiet),
                            a.repeats)
             print(f"{size:>5} {n:>7} {uncached:>11.2f} {cached:>9.2f} {uncached / cached:>6.0f}x")
+            rows.append({"px": size, "pairs": n, "uncached_s": uncached, "cached_s": cached})
+    record("data_cache", vars(a), rows)
     return 0
 
 

@@ -1,6 +1,6 @@
 """GPU inside the sandbox: does CUDA work with the device nodes, and is it really gone without them?
 
-    python bench/gpu_sandbox_check.py [--json out.json]
+    python -m bench.gpu_sandbox_check [--json out.json]
 
 For a machine with an NVIDIA GPU (it has not been run on one yet). Checks, for each available backend:
   1. plain subprocess: torch.cuda.is_available() (the reference);
@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sandbox import Limits, SandboxPolicy, available_backends, doctor_report, launch  # noqa: E402
 from sandbox.torch_smoke import TRAIN_SCRIPT  # noqa: E402
+from bench.common import record  # noqa: E402
 
 warnings.simplefilter("ignore")
 
@@ -105,6 +106,7 @@ def main() -> int:
     print("\nVERDICT:", report["verdict"], *failures, sep="\n  ")
     if a.json:
         Path(a.json).write_text(json.dumps(report, indent=1, default=str))
+    record("gpu_sandbox_check", vars(a), report)
     return 0 if not failures else 1
 
 

@@ -1,6 +1,6 @@
 """Sandbox overhead, measured side by side in one run.
 
-    python bench/sandbox_overhead.py [--repeats 3] [--steps 8] [--no-torch]
+    python -m bench.sandbox_overhead [--repeats 3] [--steps 8] [--no-torch]
 
 1. start overhead: `python -c pass` as a plain subprocess vs through each backend (launch -> wait);
 2. a small torch training child (DataLoader num_workers=2, a few steps, torch.save into the run dir),
@@ -22,6 +22,8 @@ import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import record  # noqa: E402
 
 from sandbox import Limits, SandboxPolicy, available_backends, launch  # noqa: E402
 from sandbox.torch_smoke import TRAIN_SCRIPT  # noqa: E402
@@ -95,6 +97,7 @@ def main():
                                argv, code, base, backends, a.repeats))
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
+    record("sandbox_overhead", vars(a), out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How many trials does `suggest` (Optuna TPE, as tools/hpo.py configures it) need to reach what
 random search finds in 60? On a cheap surrogate of the eCLIP tuning task, over many seeds.
 
-    python bench/suggest_vs_random.py [--seeds 50] [--budget 60] [--noise 4]
+    python -m bench.suggest_vs_random [--seeds 50] [--budget 60] [--noise 4]
 
 The surrogate is a deterministic function of the `seed` preset's default search space
 (tools/hpo.default_search_space): LR (log), BATCH_SIZE, EMBED_DIM, EXPERT_PROB, WARMUP_STEPS ->
@@ -34,6 +34,7 @@ import optuna  # noqa: E402
 
 from tools import hpo  # noqa: E402
 from tools.config import SearchParam  # noqa: E402
+from bench.common import record  # noqa: E402
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
     print(f"suggest (TPE) reaches random search's best-of-{args.budget} in a median of {tpe:g} trials "
           f"({args.budget / tpe:.1f}x fewer); target <= 20: {'met' if tpe <= 20 else 'NOT met'} "
           f"[{time.perf_counter() - t0:.1f} s]")
+    record("suggest_vs_random", vars(args), {"target": target, "rows": rows})
     return 0
 
 
