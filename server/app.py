@@ -31,9 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import mcp_types
 from pydantic import ValidationError
 
 from mcp.server import MCPServer
+from mcp.server.stdio import stdio_server
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp.types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, TextContent
@@ -59,6 +61,8 @@ HTTP_PATH = "/mcp"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 MAX_MAIN_FILE = 1 * 2**20
 LEGACY_WAIT = "wait"  # the old boolean of run_experiment / rerun_experiment: false = wait_s 0
+REFUSED = "autoresearch/refused"  # a stdio line the SDK cannot parse, that names a request id: see _checked_line
+PARSE_ERROR = -32700
 
 
 def _version() -> str:
@@ -364,6 +368,9 @@ def make_gate(mcp: MCPServer):
         tool, args = _audit_subject(method, params)
         outcome, detail = "error", ""
         try:
+            if method == REFUSED:
+                tool, args = str(params.get("name") or params.get("method") or "<unparsable>")[:100], {}
+                raise MCPError(code=int(params.get("code") or INVALID_PARAMS), message=str(params.get("reason")))
             if method == "tools/call":
                 result = await _tools_call(mcp, ctx, call_next, params)
             else:
@@ -438,9 +445,66 @@ def _run(fn) -> None:
         anyio.run(fn)
 
 
+_SURROGATE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_HEAD_ID = re.compile(r'"id"\s*:\s*(-?\d{1,15}|"[^"\\]{0,100}")')
+
+
+def _checked_line(line: str) -> str:
+    """A stdio line as the SDK will parse it; one it cannot parse (a lone surrogate escape, nesting
+    deeper than its JSON parser allows, broken JSON) but that names a request id becomes a REFUSED
+    request, which the gate answers with the reason (and audits) instead of leaving the caller
+    waiting for an answer that never comes."""
+    try:
+        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+        return line
+    except Exception as exc:
+        problem = str(exc)
+    try:
+        msg = json.loads(line)
+    except (ValueError, RecursionError):
+        msg = None
+    if isinstance(msg, dict):
+        rid, method, params = msg.get("id"), msg.get("method"), msg.get("params")
+    else:
+        m = _HEAD_ID.search(line.split('"params"', 1)[0])
+        rid, method, params = (json.loads(m.group(1)) if m else None), None, None
+    if not isinstance(rid, (int, str)) or isinstance(rid, bool):
+        return line  # no id to answer: the SDK drops it, as JSON-RPC allows for a notification
+    if "recursion limit" in problem or (msg is None and line.count("[") + line.count("{") > 100):
+        why = "its JSON is nested too deeply (the limit is about 150 levels)"
+    elif _SURROGATE.search(line):
+        why = "it contains invalid Unicode (a lone surrogate escape such as \\ud800)"
+    elif msg is None:
+        why = "it is not valid JSON"
+    else:
+        why = "it is not a valid JSON-RPC request"
+    name = params.get("name") if isinstance(params, dict) and isinstance(params.get("name"), str) else None
+    clean = (lambda s: _clean_text(s.encode("utf-8", "replace").decode("utf-8"), 100) if isinstance(s, str) else None)
+    return json.dumps({"jsonrpc": "2.0", "id": rid, "method": REFUSED, "params": {
+        "method": clean(method), "name": clean(name), "code": INVALID_PARAMS if msg is not None else PARSE_ERROR,
+        "reason": f"request refused: {why}. Fix: send valid UTF-8 JSON with plain text arguments"}})
+
+
+class _CheckedStdin:
+    """stdin for the SDK's stdio transport, each line through _checked_line."""
+
+    def __init__(self):
+        self.file = anyio.wrap_file(open(sys.stdin.fileno(), "r", encoding="utf-8", errors="replace", closefd=False))
+
+    async def __aiter__(self):
+        async for line in self.file:
+            yield _checked_line(line)
+
+
+async def _run_stdio() -> None:
+    server = mcp._lowlevel_server
+    async with stdio_server(stdin=_CheckedStdin()) as (read_stream, write_stream):
+        await server.run(read_stream, write_stream, server.create_initialization_options())
+
+
 def serve(root: Path | str) -> None:
     configure(root)
-    _run(mcp.run_stdio_async)
+    _run(_run_stdio)
 
 
 # -- Streamable HTTP ---------------------------------------------------------------------------------
