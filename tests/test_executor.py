@@ -107,6 +107,13 @@ def test_handles_survive_a_restart_and_nothing_a_run_writes_poses_as_one(lab):
     assert load_handle(lab, 6) is None and load_handle(lab, 999) is None
 
 
+def test_doctor_can_say_which_executors_are_usable(monkeypatch):
+    from tools import executors
+    monkeypatch.setattr(executors.shutil, "which", lambda name: None)
+    got = executors.usable_executors()
+    assert got["local"] is None and "sbatch" in got["slurm"] and "not found" in got["slurm"]
+
+
 def test_the_job_sees_the_gpus_slurm_allocated():
     assert allocated_gpus({"SLURM_JOB_GPUS": "2,3", "CUDA_VISIBLE_DEVICES": "0,1"}) == [2, 3]
     assert allocated_gpus({"CUDA_VISIBLE_DEVICES": "1"}) == [1]

@@ -127,8 +127,31 @@ def test_experiments_run_as_concurrent_slurm_jobs_each_on_its_gpu(slurm, toy_ws)
             config = json.loads(lab.store.get_experiment(i)["config_json"])
             assert config["job"]["executor"] == "slurm" and config["job"]["job_id"] == _job_id(lab, i)
         latency = min(m["t0"] for m in metrics) - t_submit
+        handles = [load_handle(lab, i) for i in ids]
+        sbatch_to_run = min(m["t0"] - h.submitted_at for m, h in zip(metrics, handles))
+        print(f"\nslurm: sbatch -> run started in the sandbox on the node {sbatch_to_run:.2f} s")
         print(f"\nslurm: submit -> first run started {latency:.2f} s; 3 runs of 4 s on 2 GPUs recorded in "
               f"{time.time() - t_submit:.1f} s")
+    finally:
+        lab.close()
+
+
+def test_max_jobs_bounds_the_jobs_in_flight(slurm, toy_ws):
+    ws = _slurm_ws(toy_ws, TRAIN.replace("SLEEP = 4", "SLEEP = 2"))
+    toml = ws / "autoresearch.toml"
+    toml.write_text(toml.read_text() + "max_jobs = 3\n")
+    lab = Lab.open(ws)
+    try:
+        ids = [ex.submit_experiment(lab, f"bounded {i}") for i in range(5)]
+        peak = 0
+        deadline = time.monotonic() + 120
+        while lab.store.experiments_with_status("queued", "running") and time.monotonic() < deadline:
+            ours = {_job_id(lab, i) for i in ids} - {None}
+            peak = max(peak, len([j for j in _squeue() if j in ours]))
+            time.sleep(0.2)
+        assert [ex.summary(lab, i).status for i in ids] == ["succeeded"] * 5
+        assert peak == 3, peak  # 3 in flight (2 running on the 2 GPUs, 1 pending), the rest queued with us
+        print(f"\nslurm: 5 runs with max_jobs=3: at most {peak} jobs in squeue")
     finally:
         lab.close()
 

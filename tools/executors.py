@@ -158,6 +158,18 @@ def slurm_missing() -> list[str]:
     return [c for c in SLURM_COMMANDS if shutil.which(c) is None]
 
 
+def usable_executors() -> dict[str, str | None]:
+    """{executor: None when usable here, else why not} (for `autoresearch doctor`)."""
+    missing = slurm_missing()
+    if missing:
+        slurm = f"{', '.join(missing)} not found (SLURM's client commands; on a cluster, run on a login node)"
+    else:
+        probe = _run(["sinfo", "-h", "-o", "%P"]) if shutil.which("sinfo") else None
+        slurm = None if probe is None or probe.returncode == 0 else \
+            f"sinfo failed: {(probe.stderr or probe.stdout).strip()[-300:]} (is SLURM_CONF / the controller right?)"
+    return {"local": None, "slurm": slurm}
+
+
 def time_limit_minutes(seconds: float) -> int:
     """sbatch --time in whole minutes, rounded up, at least 1."""
     return max(1, math.ceil(seconds / 60))
