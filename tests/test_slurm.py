@@ -114,6 +114,8 @@ def test_experiments_run_as_concurrent_slurm_jobs_each_on_its_gpu(slurm, toy_ws)
                           and list(seen[-1].values()).count("RUNNING") == 2, timeout=30)
         states = seen[-1]
         assert sorted(states.get(j, "") for j in jobs) == ["PENDING", "RUNNING", "RUNNING"], states  # a third waits
+        waiting = next(i for i, j in zip(ids, jobs) if states[j] == "PENDING")
+        assert runs.job_note(lab, waiting).startswith(f"SLURM job {_job_id(lab, waiting)}: PENDING")
         done = [ex.wait_for(lab, i, timeout_s=90) for i in ids]
         assert [d.status for d in done] == ["succeeded"] * 3, done
         metrics = [ex.show_experiment(lab, i).metrics for i in ids]

@@ -553,6 +553,15 @@ def settle_job(lab: Lab, exp: dict, handle: JobHandle, status: JobStatus) -> Non
     record_from_run_dir(lab, exp_id, outcome=outcome)
 
 
+def job_note(lab: Lab, exp_id: int) -> str | None:
+    """'SLURM job 12: PENDING (Resources)' for a run handed to SLURM (for a status line); None otherwise."""
+    handle = load_handle(lab, exp_id)
+    if handle is None or handle.executor != "slurm":
+        return None
+    st = SlurmExecutor(lab.config.slurm).status(handle)
+    return f"SLURM job {handle.job_id}: {st.native or st.state}" + (f" ({st.reason})" if st.reason else "")
+
+
 def write_outcome(lab: Lab, exp_id: int, outcome: Outcome) -> None:
     """The entry point's account of its run (the job's folder: the run cannot write it)."""
     result = outcome.result.to_dict() if isinstance(outcome.result, SandboxResult) else None
