@@ -54,7 +54,8 @@ INSTRUCTIONS = """Research loop on an eCLIP model (lower val mean_rank is better
 Loop: read_notes + read_results first; make ONE change to train.py; run_experiment; if the verdict is
 not 'improved', revert('best'); write_note after every run (what changed, verdict, next idea).
 Calls that wait for a run return within wait_s (default 40 s) with the id; follow a longer run with
-experiment_status(id, wait_s=40) until it ends. Results are compact JSON of at most 8 KB."""
+experiment_status(id, wait_s=40) until it ends. Results are compact JSON of at most 8 KB. The tools act
+on this workspace only (no network)."""
 
 HTTP_PORT = 8765
 HTTP_PATH = "/mcp"
@@ -74,9 +75,10 @@ def _version() -> str:
 
 # -- lean schemas --------------------------------------------------------------------------------
 def _lean(node: Any, *, output: bool) -> Any:
-    """A JSON schema without what no agent reads: titles and null defaults; `anyOf [X, null]` of a
-    simple X becomes `type: [X, "null"]`. Output schemas also lose descriptions, defaults and null:
-    results leave out what is null (server/calls.py `respond`), so a nullable field is optional."""
+    """A JSON schema without what no agent reads: titles, null defaults, and null itself (an optional
+    argument is left out; the server still takes an explicit null; results leave out what is null,
+    server/calls.py `respond`). Output schemas also lose descriptions and defaults. No union types:
+    strict validators (Ajv strict mode) refuse them."""
     if isinstance(node, list):
         return [_lean(n, output=output) for n in node]
     if not isinstance(node, dict):
@@ -90,14 +92,10 @@ def _lean(node: Any, *, output: bool) -> Any:
         else:
             out[key] = _lean(value, output=output)
     any_of = out.get("anyOf")
-    if isinstance(any_of, list) and {"type": "null"} in any_of:
+    if isinstance(any_of, list) and {"type": "null"} in any_of:  # optional means: leave it out
         rest = [s for s in any_of if s != {"type": "null"}]
-        if output:
-            del out["anyOf"]
-            out = {**rest[0], **out} if len(rest) == 1 else {**out, "anyOf": rest}
-        elif len(rest) == 1 and isinstance(rest[0].get("type"), str) and "$ref" not in rest[0]:
-            del out["anyOf"]
-            out = {**rest[0], **out, "type": [rest[0]["type"], "null"]}
+        del out["anyOf"]
+        out = {**rest[0], **out} if len(rest) == 1 else {**out, "anyOf": rest}
     if output and isinstance(out.get("properties"), dict) and "required" in out:
         nullable = {k for k, v in node["properties"].items()
                     if isinstance(v, dict) and {"type": "null"} in (v.get("anyOf") or [])}
@@ -113,7 +111,8 @@ def _shape(schema: dict) -> dict:
     clients too. Agents read the results themselves (compact JSON without nulls), and the
     descriptions name the fields that matter; full field lists would triple tools/list."""
     out: dict[str, Any] = {"type": "object"}
-    if schema.get("required"):
+    if schema.get("required"):  # Ajv's strictRequired wants each required field among the properties
+        out["properties"] = {k: {} for k in schema["required"]}
         out["required"] = list(schema["required"])
     return out
 
@@ -143,7 +142,7 @@ def _scalar_schema(value) -> dict | None:
     if isinstance(value, str):
         return {"type": "string"}
     if value is None:
-        return {"type": ["number", "string", "boolean"]}
+        return {}  # a constant that is None takes any scalar
     return None  # tuples, lists: params cannot set them
 
 
@@ -167,9 +166,9 @@ def params_schema(lab: Lab) -> dict | None:
     if not groups:
         return None
     # one pattern per type: each name appears once (an eCLIP train.py has ~40 constants)
-    return {"type": ["object", "null"], "additionalProperties": False,
+    return {"type": "object", "additionalProperties": False,
             "patternProperties": {f"^({'|'.join(names)})$": json.loads(s) for s, names in groups.items()},
-            "description": f"{rel}'s constants to set for this run (written into its snapshot), e.g. {{\"LR\": 1e-4}}"}
+            "description": f"{rel} constants for this run (written into its snapshot), e.g. {{\"LR\": 1e-4}}"}
 
 
 def refresh_schemas(mcp: MCPServer, lab: Lab) -> None:
@@ -178,7 +177,7 @@ def refresh_schemas(mcp: MCPServer, lab: Lab) -> None:
     for tool in mcp._tool_manager.list_tools():
         props = tool.parameters.get("properties", {})
         if "wait_s" in props:
-            props["wait_s"]["maximum"] = limit
+            props["wait_s"]["maximum"] = int(limit) if limit == int(limit) else limit
             props["wait_s"]["description"] = f"max seconds to wait for the end (default {limit:g}); 0: at once"
         if tool.name == "run_experiment" and "params" in props:
             schema = params_schema(lab)

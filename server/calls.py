@@ -40,10 +40,12 @@ from tools.store import TERMINAL
 
 log = logging.getLogger("autoresearch.server")
 
-# spec defaults (readOnlyHint false, idempotentHint false) are left out: tools/list stays lean
-READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
-WRITES = ToolAnnotations(destructiveHint=False, openWorldHint=False)
-DESTRUCTIVE = ToolAnnotations(destructiveHint=True, idempotentHint=True, openWorldHint=False)
+# Only what differs from the spec's defaults or matters to clients that auto-approve (tools/list stays lean):
+# readOnlyHint false and idempotentHint false are defaults; openWorldHint is left out (none of these tools
+# touches anything beyond the workspace, and the instructions say so).
+READ_ONLY = ToolAnnotations(readOnlyHint=True)
+WRITES = ToolAnnotations(destructiveHint=False)
+DESTRUCTIVE = ToolAnnotations(destructiveHint=True, idempotentHint=True)
 
 MAX_RESULT_BYTES = 8192
 HEARTBEAT_S = 15.0     # an unchanged state is re-reported (a little further on) this often, never more

@@ -29,9 +29,9 @@ async def run_experiment(
     wait_s: WaitS = None,
     ctx: Context | None = None,
 ) -> RunSummary:
-    """Snapshot the editable files and run one sandboxed experiment. Returns its result (objective,
-    delta_vs_best, verdict, error) if it ends within wait_s, else its id and `next`: follow with
-    experiment_status. The run goes on after the call returns."""
+    """Snapshot the editable files and run one sandboxed experiment: its result (objective,
+    delta_vs_best, verdict, error) if it ends within wait_s, else its id and `next` (follow with
+    experiment_status; the run goes on)."""
     exp_id = await call("run_experiment",
                         lambda lab: ex.submit_experiment(lab, description, hypothesis, time_budget_s, params))
     return respond((await wait_for([exp_id], ctx, wait_s))[0])
