@@ -243,6 +243,11 @@ class SlurmExecutor:
         if c.returncode == 0 and "JobState=" in c.stdout:
             f = dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", c.stdout))
             return _final(f.get("JobState", ""), f.get("ExitCode", ""), f.get("Reason", ""))
+        unknown = "invalid job id"
+        if (q.returncode != 0 and unknown not in q.stderr.lower()) or unknown not in (c.stderr + c.stdout).lower():
+            # the controller did not answer (restarting, overloaded): not a verdict on the job; ask again later
+            why = (c.stderr or q.stderr or "no answer").strip().splitlines()
+            return JobStatus("running", reason=f"SLURM did not answer: {why[-1][:200] if why else ''}", native="UNKNOWN")
         why = (c.stderr or a.stderr or q.stderr or "").strip().splitlines()
         return JobStatus("lost", reason="unknown to squeue, sacct and scontrol"
                                         + (f" ({why[-1][:200]})" if why else ""), native="UNKNOWN")

@@ -84,7 +84,12 @@ def watch_jobs(lab: Lab, pid: int, terminating: list) -> int:
                         executor.cancel(handle)
                     status = executor.status(handle)
                     if status.final:
-                        settle_job(lab, exp, handle, status)
+                        try:
+                            settle_job(lab, exp, handle, status)
+                        except Exception as exc:  # never leave it 'running' for every later supervisor to trip on
+                            record(lab, exp["id"], status="failed",
+                                   error=f"supervisor error recording SLURM job {handle.job_id}: "
+                                         f"{type(exc).__name__}: {exc}")
                         queue_baseline_seeds(lab, exp["id"])
                 in_flight = len(lab.store.experiments_with_status("running"))
                 while in_flight < lab.config.slurm.max_jobs and not terminating:
