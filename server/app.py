@@ -64,6 +64,7 @@ MAX_MAIN_FILE = 1 * 2**20
 LEGACY_WAIT = "wait"  # the old boolean of run_experiment / rerun_experiment: false = wait_s 0
 REFUSED = "autoresearch/refused"  # a stdio line the SDK cannot parse, that names a request id: see _checked_line
 PARSE_ERROR = -32700
+ID_MAX = 10**9  # tools/schemas.py ExperimentId
 
 
 def _version() -> str:
@@ -76,9 +77,9 @@ def _version() -> str:
 # -- lean schemas --------------------------------------------------------------------------------
 def _lean(node: Any, *, output: bool) -> Any:
     """A JSON schema without what no agent reads: titles, null defaults, and null itself (an optional
-    argument is left out; the server still takes an explicit null; results leave out what is null,
-    server/calls.py `respond`). Output schemas also lose descriptions and defaults. No union types:
-    strict validators (Ajv strict mode) refuse them."""
+    argument is left out; the server still takes an explicit null). Output schemas also lose
+    descriptions and defaults (and become a shape, see _shape). No union types: strict validators
+    (Ajv strict mode) refuse them."""
     if isinstance(node, list):
         return [_lean(n, output=output) for n in node]
     if not isinstance(node, dict):
@@ -87,6 +88,8 @@ def _lean(node: Any, *, output: bool) -> Any:
     for key, value in node.items():
         if key == "title" or (key == "default" and (value is None or output)) or (key == "description" and output):
             continue
+        if key == "maximum" and value == ID_MAX and node.get("type") == "integer":
+            continue  # an experiment id: the server refuses beyond it with the fix, the schema need not say
         if key in ("properties", "$defs"):
             out[key] = {name: _lean(v, output=output) for name, v in value.items()}
         else:
@@ -97,6 +100,7 @@ def _lean(node: Any, *, output: bool) -> Any:
         del out["anyOf"]
         out = {**rest[0], **out} if len(rest) == 1 else {**out, "anyOf": rest}
     if output and isinstance(out.get("properties"), dict) and "required" in out:
+        # a field that may be null is not promised: the shape (below) lists what always has a value
         nullable = {k for k, v in node["properties"].items()
                     if isinstance(v, dict) and {"type": "null"} in (v.get("anyOf") or [])}
         out["required"] = [k for k in out["required"] if k not in nullable]
@@ -178,7 +182,7 @@ def refresh_schemas(mcp: MCPServer, lab: Lab) -> None:
         props = tool.parameters.get("properties", {})
         if "wait_s" in props:
             props["wait_s"]["maximum"] = int(limit) if limit == int(limit) else limit
-            props["wait_s"]["description"] = f"max seconds to wait for the end (default {limit:g}); 0: at once"
+            props["wait_s"]["description"] = f"max seconds to wait for the end (default {limit:g})"
         if tool.name == "run_experiment" and "params" in props:
             schema = params_schema(lab)
             if schema is not None:

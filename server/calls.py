@@ -40,12 +40,11 @@ from tools.store import TERMINAL
 
 log = logging.getLogger("autoresearch.server")
 
-# Only what differs from the spec's defaults or matters to clients that auto-approve (tools/list stays lean):
-# readOnlyHint false and idempotentHint false are defaults; openWorldHint is left out (none of these tools
-# touches anything beyond the workspace, and the instructions say so).
-READ_ONLY = ToolAnnotations(readOnlyHint=True)
-WRITES = ToolAnnotations(destructiveHint=False)
-DESTRUCTIVE = ToolAnnotations(destructiveHint=True, idempotentHint=True)
+# The spec's defaults (readOnlyHint false, idempotentHint false) are left out: tools/list stays lean.
+# openWorldHint false: no tool reaches beyond this workspace.
+READ_ONLY = ToolAnnotations(readOnlyHint=True, openWorldHint=False)
+WRITES = ToolAnnotations(destructiveHint=False, openWorldHint=False)
+DESTRUCTIVE = ToolAnnotations(destructiveHint=True, idempotentHint=True, openWorldHint=False)
 
 MAX_RESULT_BYTES = 8192
 HEARTBEAT_S = 15.0     # an unchanged state is re-reported (a little further on) this often, never more
@@ -166,11 +165,11 @@ def bounded(data: dict, limit: int = MAX_RESULT_BYTES, model: type[BaseModel] | 
 
 
 def respond(out: BaseModel, limit: int = MAX_RESULT_BYTES) -> CallToolResult:
-    """A model as a bounded tool result: structured content without nulls (the output schemas make
-    nullable fields optional), and the same JSON, compact, as the one text block (clients that show
-    only text see everything; it is never bigger than the structured content)."""
-    data = bounded(_drop_nulls(out.model_dump(mode="json")), limit, type(out))
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    """A model as a bounded tool result: the structured content (every field, as the model has it),
+    and as the one text block the same JSON, compact and without nulls (clients that show only text
+    see everything; it is never bigger than the structured content)."""
+    data = bounded(out.model_dump(mode="json"), limit, type(out))
+    text = json.dumps(_drop_nulls(data), separators=(",", ":"), ensure_ascii=False)
     return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=data)
 
 

@@ -31,13 +31,14 @@ ParamValue = float | int | str | bool
 Params = Annotated[dict[Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]{0,63}$")], ParamValue] | None,
                    Field(None, max_length=64,
                          description="overrides of train.py's UPPERCASE constants, e.g. {'LR': 1e-4}")]
-Limit = Annotated[int, Field(20, ge=1, le=200, description="rows to return (at most 200)")]
+Limit = Annotated[int, Field(20, ge=1, le=200, description="rows to return")]
 Status = Literal["queued", "running", "succeeded", "failed", "timeout", "cancelled", "interrupted"]
 NoteText = Annotated[str, Field(min_length=1, max_length=20_000)]
 Tag = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]{1,40}$")]
 Tags = Annotated[list[Tag] | None, Field(None, max_length=20, description="short labels, e.g. ['lr', 'idea']")]
-RevertTarget = Annotated[Annotated[int, Field(ge=1, le=10**9)] | Literal["best"],
-                         Field(description="an experiment id, or 'best' for the best kept snapshot")]
+RevertTarget = Annotated[Annotated[int, Field(ge=1, le=10**9)] | Literal["best", "saved"],
+                         Field(description="an experiment id, 'best' for the best kept snapshot, or 'saved' for the "
+                                           "edits the last revert saved")]
 
 
 class RunSummary(BaseModel):
@@ -128,3 +129,5 @@ class RevertResult(BaseModel):
     snapshot_commit: str
     restored: list[str] = Field(description="files whose bytes changed")
     unchanged: list[str]
+    saved_edits: str | None = Field(None, description="the commit holding the unsaved edits this revert replaced")
+    next: str | None = None
