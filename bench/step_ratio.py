@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import math
 import os
 import statistics
@@ -87,18 +88,21 @@ class _Events:
 class TemplateLoop:
     """The template's loop statement, run `steps` steps at a time in its own namespace."""
 
-    def __init__(self, preset: str, expert: str, data: PairData, optimizer: dict | None = None):
-        ns, loop = template_namespace(preset, {"EXPERT_VARIANT": expert})
-        device = torch.device("cpu")
-        ns.update(device=device, data=data, FOLD_SEED=0, events=_Events(), TIME_BUDGET=1e9,
-                  amp=torch.autocast("cpu", enabled=False))
+    def __init__(self, preset: str, expert: str, data: PairData, optimizer: dict | None = None,
+                 device: str = "cpu", overrides: dict | None = None):
+        ns, loop = template_namespace(preset, {"EXPERT_VARIANT": expert, **(overrides or {})})
+        device = torch.device(device)
+        amp = (torch.autocast("cuda", dtype=torch.bfloat16) if ns["AMP"] and device.type == "cuda"
+               else torch.autocast("cpu", enabled=False))  # as the template sets it up
+        ns.update(device=device, data=data, FOLD_SEED=0, events=_Events(), TIME_BUDGET=1e9, amp=amp)
         torch.manual_seed(0)
         ns["model"] = model = ns["ECLIP"](log=lambda *a: None).to(device)
         opt = ns["make_optimizer"](model)
         if optimizer:  # the same groups, another AdamW implementation
             drop = ("foreach", "fused")
+            accepted = set(inspect.signature(torch.optim.AdamW).parameters) - set(drop)
             groups = [{k: v for k, v in g.items() if k not in drop} for g in opt.param_groups]
-            opt = torch.optim.AdamW(groups, **{k: v for k, v in opt.defaults.items() if k not in drop}, **optimizer)
+            opt = torch.optim.AdamW(groups, **{k: v for k, v in opt.defaults.items() if k in accepted}, **optimizer)
         ns.update(opt=opt, rng=__import__("random").Random(0), gen=torch.Generator().manual_seed(0),
                   batches=batch_indices(torch.arange(len(data)), ns["BATCH_SIZE"], seed=0), t0=time.time(),
                   step=0, by_time=False, t10=0.0, expert_steps=0, stopped_by="steps", schedule_by="steps")
