@@ -188,3 +188,34 @@ async def test_a_run_longer_than_the_wait_returns_in_time_with_how_to_follow(toy
         assert time.monotonic() - t0 < 4 + 3 and again["status"] == "running" and "still running" in again["next"]
         gone = data(await c.call_tool("cancel_experiment", {"experiment_id": s["id"]}))
         assert gone["status"] == "cancelled", gone
+
+
+@pytest.mark.slow
+async def test_eclip_progress_through_the_task_build_and_training(tmp_path):
+    """The tiny eCLIP preset (synthetic small): the harness builds the fold's tasks, then the sandboxed
+    process trains 3 steps; every request's progress strictly increases, its total grows only by the
+    build (not charged to the budget) and is never below the progress."""
+    from tools.init import init_workspace
+    ws = init_workspace(tmp_path / "lab", preset="tiny", synthetic="small")
+    requests = []
+
+    async with Client(server(ws)) as c:
+        progress: list = []
+
+        async def on_progress(p, total, message):
+            progress.append((p, total, message))
+
+        s = data(await c.call_tool("run_experiment", {"description": "eclip smoke", "params": {
+            "MAX_STEPS": 3, "EVAL_BATCH_SIZE": 64}}, progress_callback=on_progress))
+        requests.append(progress)
+        while s["status"] in ("queued", "running"):
+            progress = []
+            s = data(await c.call_tool("experiment_status", {"experiment_id": s["id"]}, progress_callback=on_progress))
+            requests.append(progress)
+    print("\neCLIP tiny progress per request:\n" + "\n".join(
+        "  " + "; ".join(f"{p:.3f}/{t:.0f} {m}" for p, t, m in seq) for seq in requests))
+    assert s["status"] == "succeeded", s
+    for seq in requests:
+        assert_strictly_increasing(seq)
+    messages = " | ".join(m for seq in requests for _, _, m in seq)
+    assert "building the tasks" in messages and "step 3" in messages, messages
