@@ -168,3 +168,19 @@ async def test_http_and_stdio_latency_side_by_side(http_server):
         f"{what}: stdio {timings[('stdio', what)]:.1f} vs http {timings[('http', what)]:.1f}"
         for what in ("list_prompts", "read_results")))
     assert timings[("http", "read_results")] < 1000
+
+
+def test_clients_prints_the_http_config_of_each_client(toy_ws, capsys):
+    from server.cli import main as cli
+    (toy_ws / clients.TOKEN_FILE).unlink()
+    assert cli(["clients", "-w", str(toy_ws)]) == 0
+    out = capsys.readouterr().out
+    http = out.split(f"# ---- {clients.HTTP_ENTRY} ----", 1)[1]
+    assert "claude mcp add --transport http autoresearch http://127.0.0.1:8765/mcp --header" in http
+    assert f'export {clients.TOKEN_ENV}="$(cat {toy_ws.resolve() / clients.TOKEN_FILE})"' in http
+    lines = [line for line in http.splitlines() if line.startswith("{")]
+    assert len(lines) == 3 and all("Bearer" in json.dumps(json.loads(line)) for line in lines)  # cursor, vscode, gemini
+    assert 'bearer_token_env_var = "AUTORESEARCH_TOKEN"' in http
+    assert (toy_ws / clients.TOKEN_FILE).stat().st_mode & 0o777 == 0o600  # printing made the token
+    assert cli(["clients", "-w", str(toy_ws), "--write", "--force"]) == 0
+    assert not any(p.name.startswith("Streamable") for p in toy_ws.iterdir())
