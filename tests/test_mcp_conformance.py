@@ -219,3 +219,19 @@ async def test_eclip_progress_through_the_task_build_and_training(tmp_path):
         assert_strictly_increasing(seq)
     messages = " | ".join(m for seq in requests for _, _, m in seq)
     assert "building the tasks" in messages and "step 3" in messages, messages
+
+
+async def test_every_result_is_bounded(toy_ws):
+    """show_experiment of a run whose code change is huge stays within 8 KB (the diff is cut with a marker);
+    the text block is never bigger than the structured content."""
+    train = toy_ws / "train.py"
+    train.write_text(train.read_text() + "".join(f"# padding line {i} " + "x" * 80 + "\n" for i in range(2000)))
+    async with Client(server(toy_ws)) as c:
+        s = data(await c.call_tool("run_experiment", {"description": "a huge diff"}))
+        res = await c.call_tool("show_experiment", {"experiment_id": s["id"]})
+        body = data(res)
+        size = len(json.dumps(body, separators=(",", ":")).encode())
+        assert size <= 8192 and "…[cut " in body["diff"], size
+        assert len(text(res).encode()) <= size
+        res = await c.read_resource(f"experiments://{s['id']}")
+        assert len(res.contents[0].text.encode()) <= 4 * 8192
