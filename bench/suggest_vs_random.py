@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     for name, cs in curves.items():
         need = [trials_to(c, target) for c in cs]
         reached = sum(n <= args.budget for n in need)
-        rows.append((name, statistics.median(need), reached, statistics.median(c[19] for c in cs),
+        rows.append((name, statistics.median(need), reached, statistics.median(c[min(19, len(c) - 1)] for c in cs),
                      statistics.median(c[-1] for c in cs)))
     print(f"{'sampler':8} {'median trials to target':>24} {'seeds reaching it':>18} {'median best@20':>15} "
           f"{'median best@' + str(args.budget):>15}")
