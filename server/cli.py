@@ -206,7 +206,8 @@ def cmd_doctor(args) -> int:
 
 def cmd_clients(args) -> int:
     lab = _lab(args)
-    kw = dict(max_call_s=clients.call_timeout_s(lab.config.time_budget_s), editable=lab.config.editable)
+    kw = dict(max_call_s=clients.call_timeout_s(lab.config.time_budget_s, lab.config.max_wait_s),
+              editable=lab.config.editable)
     names = args.client or ["all"]
     if args.write:
         for rel in clients.write_client_configs(lab.root, names, overwrite=args.force, **kw):
@@ -214,11 +215,6 @@ def cmd_clients(args) -> int:
         return 0
     for rel, text in clients.render(lab.root, names, **kw).items():
         print(f"# ---- {rel} ----\n{text}")
-    return 0
-
-
-def cmd_serve(args) -> int:
-    app.serve(Path(args.workspace))
     return 0
 
 
@@ -232,7 +228,7 @@ class Parser(argparse.ArgumentParser):
 def _id(text: str) -> int:
     try:
         return experiment_id(text)
-    except UsageError as exc:
+    except UsageError:
         raise argparse.ArgumentTypeError(f"{text!r} is not an experiment id (a number from `autoresearch results`)") \
             from None
 

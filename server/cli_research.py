@@ -13,7 +13,6 @@ from server import dashboard
 from server.cli_support import UsageError, cancel_runs, follow, metric_info, open_lab
 from server.render import (ProgressBars, cli_text, num, print_compare, print_reproduce, print_search, print_table,
                            print_trajectory, state_words, verdict_words)
-from tools import experiments as ex
 from tools import history, hpo, plots, reproduce, reruns, search, testeval
 from tools.errors import ToolError
 
@@ -87,7 +86,8 @@ def cmd_evaluate_test(args) -> int:
         std = f" ± {num(r.objective_std, 3)}" if r.objective_std is not None else ""
         print(f"test evaluation {r.id} of experiment {r.experiment_id} ({r.snapshot_commit[:10]}): {r.status}")
         if r.objective is not None:
-            print(f"  test {metric_info(lab)[0].replace('_', ' ')}: {num(r.objective)}{std}  "
+            # the one number a human came for: shown in full (6 significant digits), not rounded like tables
+            print(f"  test {metric_info(lab)[0].replace('_', ' ')}: {r.objective:.6g}{std}  "
                   f"({num(r.duration_s, 3)} s, sandbox {r.sandbox})")
         for k, v in list(r.metrics.items())[:20]:
             print(f"  {k}: {num(v)}")

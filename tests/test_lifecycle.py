@@ -60,7 +60,7 @@ def _start_raw_server(ws, n_runs, tag):
     for i in range(n_runs):
         _rpc(proc, {"jsonrpc": "2.0", "id": i + 1, "method": "tools/call",
                     "params": {"name": "run_experiment",
-                               "arguments": {"description": f"{tag} run {i}", "wait": False}}})
+                               "arguments": {"description": f"{tag} run {i}", "wait_s": 0}}})
     return proc
 
 
@@ -113,7 +113,7 @@ def test_two_servers_submit_twenty_runs_each(toy_ws):
     async def submit_all(tag):
         async with Client(params) as c:
             for i in range(20):
-                r = await c.call_tool("run_experiment", {"description": f"{tag} {i}", "wait": False})
+                r = await c.call_tool("run_experiment", {"description": f"{tag} {i}", "wait_s": 0})
                 assert not r.is_error, r.content[0].text
                 ids.append(r.structured_content["id"])
 

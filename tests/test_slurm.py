@@ -237,7 +237,7 @@ def test_a_job_that_finished_while_no_server_was_up_is_recorded(slurm, toy_ws):
 
     async def submit():
         async with Client(_serve(ws)) as c:
-            r = await c.call_tool("run_experiment", {"description": "finishes unwatched", "wait": False})
+            r = await c.call_tool("run_experiment", {"description": "finishes unwatched", "wait_s": 0})
             return r.structured_content
 
     first = anyio.run(submit)
