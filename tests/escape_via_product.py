@@ -42,13 +42,16 @@ def prepare_workspace(tree: T.Tree, backend: str) -> None:
 
     ws = tree.ws
     subprocess.run(["git", "init", "-q", str(ws)], check=True, capture_output=True)
-    toml = render_config(name="escape", data=str(tree.data), test_annotations=None, time_budget_s=60)
+    # a workspace scorer: the probe is a plain script, run once in the sandbox like any workspace's command
+    toml = render_config(name="escape", data=str(tree.data), test_annotations=None, time_budget_s=60,
+                         scorer=["python", "score.py"])
     toml = toml.replace('sandbox = "auto"', f'sandbox = "{backend}"').replace("timeout_grace_s = 60",
                                                                               "timeout_grace_s = 30")
     toml += f'read_only = [{json.dumps(str(tree.harness))}]\n'
     (ws / "autoresearch.toml").write_text(toml)
     (ws / ".gitignore").write_text(".autoresearch/\n")
     (ws / "train.py").write_text("placeholder\n")
+    (ws / "score.py").write_text("import json\nprint(json.dumps({'objective': 1.0}))\n")
     env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@t"}
     subprocess.run(["git", "-C", str(ws), "add", "-A"], check=True, env=env)
