@@ -183,3 +183,47 @@ def test_unknown_client_is_a_clear_error(toy_ws):
     with pytest.raises(ToolError, match="client 'zed' is unknown. Fix: use one of claude, codex"):
         clients.client_files(toy_ws, "zed", max_call_s=60)
 
+
+
+def test_read_denies_come_from_the_workspace_s_own_paths(tmp_path):
+    """Each deny rule is checked against the real file it protects, with Claude Code's matching:
+    the dataset (inside or outside the workspace), the held-out split, task keys, scores, the DB."""
+    import tomllib
+
+    from tools import datacache
+    from tools.init import init_workspace
+    from tools.lab import Lab
+
+    outside = tmp_path / "shared-data"
+    ws = init_workspace(tmp_path / "lab", preset="tiny", synthetic="small")
+    settings = json.loads((ws / ".claude" / "settings.json").read_text())
+    cfg = tomllib.loads((ws / "autoresearch.toml").read_text())
+    lab = Lab.open(ws)
+    try:
+        (datacache.tasks_root(lab) / "b" / "fold-0").mkdir(parents=True)
+        key = datacache.tasks_root(lab) / "b" / "fold-0" / "key.npz"
+        key.write_bytes(b"k")
+        score = lab.score_dir(1)
+        score.mkdir(parents=True)
+        (score / "stdout.log").write_text("{}")
+    finally:
+        lab.close()
+    data = ws / cfg["data"]
+    protected = [ws / cfg["test_annotations"], *sorted((data / "heldout" / "images").glob("*"))[:2],
+                 data / "train.jsonl" if (data / "train.jsonl").exists() else next(data.rglob("*.jsonl")),
+                 key, score / "stdout.log", ws / ".autoresearch" / "experiments.db"]
+    for path in protected:
+        assert path.exists(), path
+        for arg in (str(path.relative_to(ws)), str(path)):
+            assert decide(settings, "Read", arg, ws) == "deny", arg
+    assert decide(settings, "Read", "train.py", ws) == "allow"  # the agent still reads its own code
+
+    # a dataset outside the workspace gets absolute rules
+    import shutil
+    shutil.copytree(data, outside)
+    toml = ws / "autoresearch.toml"
+    toml.write_text(toml.read_text().replace(f'data = "{cfg["data"]}"', f'data = "{outside}"'))
+    from tools.clients import claude_permissions
+    perms = claude_permissions(["train.py"], ws)
+    some = next(outside.rglob("*.png"))
+    assert decide(perms, "Read", str(some), ws) == "deny"

@@ -142,9 +142,56 @@ def harness_dirs() -> list[Path]:
     return [base / p for p in HARNESS_PACKAGES if (base / p).is_dir()]
 
 
-def claude_permissions(editable: list[str]) -> dict:
-    """Claude Code: edit the editable files, read, call our tools; nothing else."""
+def _path_rules(root: Path, path: Path, tree: bool) -> list[str]:
+    """Claude Code path patterns for `path`: `//abs` (its Read tool passes absolute paths), and
+    `./rel` too inside the workspace."""
+    path = Path(path).resolve()
+    tail = "/**" if tree else ""
+    out = ["/" + str(path) + tail]  # "//abs/path" is Claude Code's absolute form
+    try:
+        out.append("./" + str(path.relative_to(Path(root).resolve())) + tail)
+    except ValueError:
+        pass
+    return out
+
+
+def protected_reads(root: Path) -> list[str]:
+    """What the agent must not read, from this workspace's own paths: the dataset (all of it: with
+    folds over train+val any pair may be an eval pair, and a train.py holding a looked-up pairing
+    would score without learning), the held-out split, the state dir's database, task keys,
+    scores, caches and token."""
+    root = Path(root)
+    state = root / ".autoresearch"
+    paths: list[tuple[Path, bool]] = [(state / "tasks", True), (state / "scores", True), (state / "cache", True),
+                                      (state / "test_runs", True), (root / "data", True)]  # data/: init's default
+    rules = [r for p, tree in paths for r in _path_rules(root, p, tree)]
+    rules += [r for p in (state / "experiments.db*", root / TOKEN_FILE) for r in _path_rules(root, p, False)]
+    try:
+        cfg = tomllib.loads((root / "autoresearch.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        cfg = {}
+    for key, tree in (("data", True), ("test_annotations", False), ("cache_dir", True)):
+        value = cfg.get(key)
+        if isinstance(value, str) and value:
+            p = Path(value).expanduser()
+            p = p if p.is_absolute() else root / p
+            rules += _path_rules(root, p, tree)
+            if key == "test_annotations" and p.parent.name == "heldout":
+                rules += _path_rules(root, p.parent, True)
+    out = []
+    for r in rules:
+        r = r if r.startswith("Read(") else f"Read({r})"
+        if r not in out:
+            out.append(r)
+    return out
+
+
+def claude_permissions(editable: list[str], root: Path | None = None) -> dict:
+    """Claude Code: edit the editable files, read, call our tools; nothing else. The read denies
+    come from this workspace's own paths (protected_reads)."""
     harness = [f"Edit(/{d}/**)" for d in harness_dirs()]  # "//abs/path" is Claude Code's absolute form
+    reads = protected_reads(root) if root is not None else ["Read(data/heldout/**)",
+                                                             "Read(.autoresearch/experiments.db*)", f"Read(./{TOKEN_FILE})"]
     return {
         "permissions": {
             "defaultMode": "dontAsk",
@@ -154,7 +201,7 @@ def claude_permissions(editable: list[str]) -> dict:
                 *(f"Bash({c}:*)" for c in (*NETWORK_COMMANDS, *PACKAGE_MANAGERS, "python", "python3", "sudo")),
                 *(f"Edit({p})" for p in PROTECTED),
                 *harness,
-                "Read(data/heldout/**)", "Read(.autoresearch/experiments.db*)", f"Read(./{TOKEN_FILE})",
+                *reads,
             ],
         },
         "enabledMcpjsonServers": [SERVER_NAME],
@@ -169,7 +216,7 @@ def client_files(root: Path, client: str, *, max_call_s: float, editable: list[s
         mcp = {"mcpServers": {SERVER_NAME: {"type": "stdio", "command": cmd, "args": args, "env": {},
                                             "timeout": timeout_ms}}}
         return {".mcp.json": json.dumps(mcp, indent=2) + "\n",
-                ".claude/settings.json": json.dumps(claude_permissions(editable or ["train.py"]), indent=2) + "\n"}
+                ".claude/settings.json": json.dumps(claude_permissions(editable or ["train.py"], root), indent=2) + "\n"}
     if client == "cursor":
         return {".cursor/mcp.json": json.dumps({"mcpServers": {SERVER_NAME: {"command": cmd, "args": args}}},
                                                indent=2) + "\n"}
