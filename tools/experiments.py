@@ -69,13 +69,17 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
     if exp["status"] in ("failed", "timeout", "interrupted", "cancelled"):
         out.error = exp["error"]
     sandbox_info = json.loads(exp["config_json"] or "{}").get("sandbox") or {}
-    if sandbox_info.get("warnings"):
-        out.warnings = [str(w)[:300] for w in sandbox_info["warnings"]]
+    warnings = [str(w)[:300] for w in sandbox_info.get("warnings") or []]
+    warnings += [f"isolation gap: {g}"[:300] for g in (sandbox_info.get("gaps") or [])[:6]]  # what the backend leaves open
+    if warnings:
+        out.warnings = warnings
     out.next = _next_hint(exp)
     if exp["status"] == "running" and out.step is None:
         phase = _cache_phase(lab.run_dir(exp_id))
         if phase:
             out.next = f"{phase} (not charged to its budget); {out.next}"
+        elif lab.config.executor == "slurm" and (note := runs.job_note(lab, exp_id)):
+            out.next = f"{note}; {out.next}"
     return out
 
 
