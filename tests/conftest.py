@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -26,6 +25,17 @@ def toy_ws(tmp_path):
 def lab(toy_ws):
     from tools.lab import Lab
     lab = Lab.open(toy_ws)
+    yield lab
+    lab.close()
+
+
+@pytest.fixture(scope="module")
+def eclip_lab(tmp_path_factory):
+    """A `tiny` eCLIP workspace on the small synthetic prints, shared by one test module."""
+    from tools.init import init_workspace
+    from tools.lab import Lab
+    ws = init_workspace(tmp_path_factory.mktemp("eclip") / "lab", preset="tiny", synthetic="small")
+    lab = Lab.open(ws)
     yield lab
     lab.close()
 

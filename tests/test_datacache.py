@@ -11,8 +11,6 @@ from pathlib import Path
 import pytest
 
 from tools import datacache, experiments as ex
-from tools.init import init_workspace
-from tools.lab import Lab
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,14 +29,6 @@ def test_requested_sizes_reads_only_literal_constants(tmp_path):
     assert datacache.requested_sizes(f) is None
     f.write_text("def broken(:\n")
     assert datacache.requested_sizes(f) is None
-
-
-@pytest.fixture(scope="module")
-def eclip_lab(tmp_path_factory):
-    ws = init_workspace(tmp_path_factory.mktemp("cache") / "lab", preset="tiny", synthetic="small")
-    lab = Lab.open(ws)
-    yield lab
-    lab.close()
 
 
 SMOKE = {"MAX_STEPS": 2, "EVAL_BATCH_SIZE": 64}

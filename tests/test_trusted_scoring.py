@@ -7,17 +7,7 @@ import pytest
 
 from tools import datacache
 from tools import experiments as ex
-from tools.init import init_workspace
-from tools.lab import Lab
 from tools.launch import sandbox_policy
-
-
-@pytest.fixture(scope="module")
-def eclip_lab(tmp_path_factory):
-    ws = init_workspace(tmp_path_factory.mktemp("scoring") / "lab", preset="tiny", synthetic="small")
-    lab = Lab.open(ws)
-    yield lab
-    lab.close()
 
 
 CLAIM = '''
