@@ -595,31 +595,46 @@ class Store:
             conn.executemany("DELETE FROM search_pending WHERE experiment_id = ?", [(i,) for i, _ in rows])
 
     @staticmethod
-    def _search_filters(status: str | None, verdict: str | None) -> tuple[str, list]:
-        filters, args = "", []
+    def _search_filters(status: str | None, verdict: str | None) -> tuple[str, str, list]:
+        """(join, where, args): a filter joins each match's experiment row, driven from the index
+        (CROSS JOIN keeps that order); status and verdict sit before config_json, so only the row's
+        first page is read."""
+        clauses, args = "", []
         if status:
-            filters, args = filters + " AND e.status = ?", [*args, status]
+            clauses, args = clauses + " AND e.status = ?", [*args, status]
         if verdict:
-            filters, args = filters + " AND e.verdict = ?", [*args, verdict]
-        return filters, args
+            clauses, args = clauses + " AND e.verdict = ?", [*args, verdict]
+        if not clauses:
+            return "", "", []
+        return " CROSS JOIN experiments e ON e.id = f.rowid", clauses, args
 
     def search_count(self, fts_query: str, status: str | None, verdict: str | None) -> int:
-        filters, args = self._search_filters(status, verdict)
+        join, where, args = self._search_filters(status, verdict)
         return self.db.conn.execute(
-            f"SELECT count(*) FROM experiments_fts f JOIN experiments e ON e.id = f.rowid "
-            f"WHERE experiments_fts MATCH ?{filters}", [fts_query, *args]).fetchone()[0]
+            f"SELECT count(*) FROM experiments_fts f{join} WHERE experiments_fts MATCH ?{where}",
+            [fts_query, *args]).fetchone()[0]
 
     def search(self, fts_query: str, status: str | None, verdict: str | None, limit: int,
                weights: tuple[float, ...]) -> list[tuple]:
-        """(id, status, verdict, objective, delta, kept, description, snippet), best bm25 first."""
-        filters, args = self._search_filters(status, verdict)
+        """(id, status, verdict, objective, delta, kept, description, snippet), best bm25 first.
+        Ranked on the index alone (rowid and bm25); the rows and snippets are read for the hits only:
+        a term in every run's diff must not read 100k experiment rows (their objective sits behind
+        config_json) nor make 100k snippets."""
+        join, where, args = self._search_filters(status, verdict)
         w = ", ".join(str(float(x)) for x in weights)
-        return self.db.conn.execute(
-            f"""SELECT e.id, e.status, e.verdict, e.objective, e.delta, e.kept, e.description,
-                       snippet(experiments_fts, -1, '[', ']', '…', 12)
-                FROM experiments_fts f JOIN experiments e ON e.id = f.rowid
-                WHERE experiments_fts MATCH ?{filters}
-                ORDER BY bm25(experiments_fts, {w}), e.id DESC LIMIT ?""", [fts_query, *args, limit]).fetchall()
+        ids = [r[0] for r in self.db.conn.execute(
+            f"SELECT f.rowid FROM experiments_fts f{join} WHERE experiments_fts MATCH ?{where} "
+            f"ORDER BY bm25(experiments_fts, {w}), f.rowid DESC LIMIT ?", [fts_query, *args, limit])]
+        if not ids:
+            return []
+        marks = ", ".join("?" for _ in ids)
+        snippets = dict(self.db.conn.execute(
+            f"SELECT rowid, snippet(experiments_fts, -1, '[', ']', '…', 12) FROM experiments_fts "
+            f"WHERE experiments_fts MATCH ? AND rowid IN ({marks})", [fts_query, *ids]).fetchall())
+        rows = {r[0]: r for r in self.db.conn.execute(
+            f"SELECT id, status, verdict, objective, delta, kept, description FROM experiments WHERE id IN ({marks})",
+            ids).fetchall()}
+        return [(*rows[i], snippets.get(i, "")) for i in ids if i in rows]
 
     def search_matched_columns(self, fts_query: str, ids: list[int]) -> dict[int, list[str]]:
         """Which indexed fields hold the terms, per id (column names from the fixed list below)."""
