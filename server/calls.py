@@ -88,12 +88,15 @@ def internal_error(what: str, exc: BaseException) -> str:
             "with the server log")
 
 
-async def call(tool: str, fn: Callable[[Lab], Any]) -> Any:
-    """Run fn(lab) in a worker thread under the store lock; our errors (and any other) become clear
-    MCP tool errors. The request itself is audited by server/app.py's middleware."""
+async def call(tool: str, fn: Callable[[Lab], Any], *, locked: bool = True) -> Any:
+    """Run fn(lab) in a worker thread under the store lock (locked=False: fn opens its own store
+    connection, so a slow call such as suggest never makes the other tools wait); our errors (and
+    any other) become clear MCP tool errors. The request itself is audited by server/app.py's middleware."""
     lab = current_lab()
 
     def body():
+        if not locked:
+            return fn(lab)
         with state.lock:
             return fn(lab)
 
@@ -289,12 +292,19 @@ def _observe(lab: Lab, exp_id: int) -> tuple[RunSummary, float, float, str]:
 
 async def follow(exp_id: int, progress: Progress, deadline: float) -> RunSummary:
     """Poll until the run ends or the monotonic deadline passes, reporting progress."""
+    t0 = time.monotonic()
     while True:
         s, value, bound, msg = await call("experiment_status", lambda lab: _observe(lab, exp_id))
         if s.status in TERMINAL or time.monotonic() >= deadline:
             return s
         await progress.report(value, bound, msg)
-        await anyio.sleep(min(POLL_S, max(0.05, deadline - time.monotonic())))
+        # a status read is ~0.1 ms: poll fast while a short run may be ending, then back off
+        await anyio.sleep(min(poll_interval(time.monotonic() - t0), max(0.05, deadline - time.monotonic())))
+
+
+def poll_interval(waited_s: float, slow: float = POLL_S) -> float:
+    """0.05 s for the first 2 s of a wait, then `slow` (short runs end sooner, long ones cost nothing)."""
+    return 0.05 if waited_s < 2.0 else slow
 
 
 def follow_hint(exp_ids: list[int], limit: float) -> str:

@@ -45,7 +45,7 @@ async def rerun_experiment(experiment_id: ExperimentId, seeds: Seeds = 2, wait_s
 async def suggest(n: SuggestN = 1) -> hpo.SuggestResult:
     """Propose train.py constants from the search_space (Optuna TPE over every experiment). Run each
     with run_experiment(params=...); results feed back automatically."""
-    return respond(await call("suggest", lambda lab: hpo.suggest(lab, n)))
+    return respond(await call("suggest", lambda lab: hpo.suggest(lab, n), locked=False))
 
 
 async def reproduce(experiment_id: ExperimentId, wait_s: WaitS = None,

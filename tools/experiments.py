@@ -42,14 +42,15 @@ def run_experiment(lab: Lab, description: str, hypothesis: str | None = None, ti
 
 def wait_for(lab: Lab, exp_id: int, *, timeout_s: float | None = None, on_progress: ProgressFn | None = None,
              poll_s: float = 0.5) -> RunSummary:
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    t0 = time.monotonic()
+    deadline = None if timeout_s is None else t0 + timeout_s
     while True:
         s = summary(lab, exp_id)
         if s.status in TERMINAL or (deadline is not None and time.monotonic() >= deadline):
             return s
         if on_progress:
             on_progress(s)
-        time.sleep(poll_s)
+        time.sleep(0.05 if time.monotonic() - t0 < 2.0 else poll_s)  # short runs end soon: look often first
 
 
 def summary(lab: Lab, exp_id: int) -> RunSummary:
