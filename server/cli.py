@@ -107,6 +107,19 @@ def cmd_watch(args) -> int:
     return 0 if s.status == "succeeded" else 1
 
 
+def _baseline_reruns(lab: Lab, exp_id: int, wanted: int) -> list[int]:
+    """The baseline's seed reruns, `wanted` in all: those the supervisor queued itself
+    (`baseline_seeds`, right after the baseline) count, only the missing ones are added."""
+    deadline = time.monotonic() + (5.0 if lab.config.baseline_seeds else 0.0)
+    while True:
+        existing = [m.id for m in reruns.group_members(lab, exp_id) if m.id != exp_id]
+        if len(existing) >= min(wanted, lab.config.baseline_seeds) or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    missing = max(0, wanted - len(existing))
+    return existing[:wanted] + (reruns.submit_reruns(lab, exp_id, missing)[1] if missing else [])
+
+
 def cmd_demo(args) -> int:
     root = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="autoresearch-demo-"))
     print(f"making a workspace in {root} (preset {args.preset}) ...", flush=True)
@@ -117,7 +130,7 @@ def cmd_demo(args) -> int:
     metric, direction = metric_info(lab)
     print_summary(s, metric, _state(lab, exp_id))
     if args.repeats and s.status == "succeeded":  # measure the noise: seed reruns of the baseline
-        _, ids = reruns.submit_reruns(lab, exp_id, args.repeats)
+        ids = _baseline_reruns(lab, exp_id, args.repeats)
         print(f"measuring the noise: {len(ids)} seed reruns of the baseline ({', '.join(map(str, ids))})",
               file=sys.stderr)
         run_and_follow(lab, ids, "the seed reruns")
