@@ -135,7 +135,8 @@ def cmd_demo(args) -> int:
               file=sys.stderr)
         run_and_follow(lab, ids, "the seed reruns")
         g = reruns.group_summary(lab, exp_id, ids)
-        print(f"baseline noise from {g.n} seeds: mean {metric.replace('_', ' ')} {num(g.mean)}, seed std "
+        name = metric.replace('_', ' ')
+        print(f"baseline noise from {g.n} seeds: {name if name.startswith('mean') else 'mean ' + name} {num(g.mean)}, seed std "
               f"{num(g.seed_std, 3)}, fold std {num(g.fold_std, 3)}, std of the mean {num(g.std_of_mean, 3)}")
     print()
     table = ex.read_results(lab, 20)
