@@ -48,9 +48,23 @@ def test_garbage_in_a_run_dir_fails_at_most_that_run(lab, case):
     (lab.root / "train.py").write_text(_script(""))
     after = ex.run_experiment(lab, "a normal run after the garbage")
     assert after.status == "succeeded", after.error
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "results", "-w", str(lab.root)], capture_output=True,
-                          text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
+    assert _serve_answers_initialize(lab.root)
+
+
+def _serve_answers_initialize(ws) -> bool:
+    """`autoresearch serve` starts on the workspace and answers initialize (stdio JSON-RPC)."""
+    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--workspace", str(ws)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        msg = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+               "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "0"}}}
+        proc.stdin.write((json.dumps(msg) + "\n").encode())
+        proc.stdin.flush()
+        line = proc.stdout.readline()
+        return json.loads(line).get("result", {}).get("serverInfo", {}).get("name") == "eclip-autoresearch"
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_readers_bound_what_they_parse(tmp_path):
