@@ -20,7 +20,9 @@ from server.render import (Activity, ProgressBars, cli_text, num, print_detail, 
                            print_summary, print_table, state_words)
 from tools import clients, reruns, runs
 from tools import experiments as ex
+from tools.config import load_config
 from tools.errors import ToolError
+from tools.executors import usable_executors
 from tools.init import TOY, available_presets, init_workspace
 from tools.lab import Lab
 
@@ -211,6 +213,13 @@ def cmd_audit(args) -> int:
 
 def cmd_doctor(args) -> int:
     report = doctor_report()
+    address = None
+    if (Path(args.workspace) / "autoresearch.toml").is_file():  # a workspace's [ray] address, when doctor runs in one
+        try:
+            address = load_config(Path(args.workspace)).ray.address
+        except Exception:  # a broken toml is `run`'s to report, not doctor's
+            pass
+    report["executors"] = usable_executors(address)  # {name: None (usable) or why not}
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
@@ -346,7 +355,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--limit", type=int, default=100)
     sp.set_defaults(fn=cmd_audit)
 
-    sp = sub.add_parser("doctor", help="sandbox backend, limits, GPU: what is available and why")
+    sp = ws(sub.add_parser("doctor", help="sandbox backend, limits, GPU, executors: what is available and why"))
     sp.add_argument("--json", action="store_true", help="the full report as JSON (for scripts)")
     sp.set_defaults(fn=cmd_doctor)
 

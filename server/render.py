@@ -492,7 +492,11 @@ def print_doctor(report: dict, out=None) -> None:
                 v = ", ".join(map(str, v)) or "none"
             p(f"  {k.replace('_', ' ')}: {v}")
     p(f"gpu device nodes: {', '.join(report.get('gpu_nodes') or []) or 'none'}")
+    if report.get("executors"):
+        p("executors:")
+        for name, why in report["executors"].items():
+            p(f"  {'no ' if why else 'yes'} {name}" + (f": {' '.join(str(why).split())}" if why else ""))
     for k, v in report.items():
         if k not in {"backend", "backend_source", "gaps", "isolated", "warning", "better_backends_unavailable",
-                     "backends", "limits", "gpu_nodes"} and v is not None:
+                     "backends", "limits", "gpu_nodes", "executors"} and v is not None:
             p(f"{k.replace('_', ' ')}: {v if not isinstance(v, (dict, list)) else json.dumps(v, default=str)}")

@@ -71,6 +71,23 @@ class SlurmConfig(BaseModel):
     poll_s: float = Field(2.0, ge=0.2, le=300, description="how often squeue/sacct are asked")
 
 
+class RayConfig(BaseModel):
+    """`[ray]`: each experiment one Ray job (the Jobs API, tools/executors.py). Ray schedules."""
+
+    model_config = ConfigDict(extra="forbid")
+    address: str = Field("http://127.0.0.1:8265", max_length=500,
+                         description="the cluster's Jobs API (its dashboard), or 'auto' (the cluster this machine joined)")
+    gpus_per_run: float = Field(1, ge=0, le=64, description="entrypoint_num_gpus per experiment (Ray sets "
+                                                             "CUDA_VISIBLE_DEVICES; 0: CPU-only jobs)")
+    cpus_per_run: float = Field(1, ge=0, le=512, description="entrypoint_num_cpus; also the run's threads")
+    time_margin_s: float = Field(300.0, ge=0, le=24 * 3600,
+                                 description="the job's own time limit = the run's budget + grace (+ scorer) + this")
+    max_jobs: int = Field(16, ge=1, le=10_000, description="experiments in flight (pending + running) at once")
+    python: str | None = Field(None, description="the interpreter on the nodes (default: this one; same env on a "
+                                                 "shared filesystem)")
+    poll_s: float = Field(1.0, ge=0.2, le=300, description="how often Ray is asked about the jobs")
+
+
 class WorkspaceConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -125,10 +142,17 @@ class WorkspaceConfig(BaseModel):
                                                     "default .autoresearch/cache")
     warm_cache: bool = Field(True, description="build the tensor cache for a run's IMAGE_SIZE/CONTEXT_LENGTH "
                                                "before it starts (outside the sandbox, not charged to its budget)")
-    executor: Literal["local", "slurm"] = Field(
+    executor: Literal["local", "slurm", "ray"] = Field(
         "local", description="local: detached supervisor + slots on this machine; slurm: one sbatch job per "
-                             "experiment (the [slurm] table; the workspace on a filesystem the nodes share)")
+                             "experiment (the [slurm] table; the workspace on a filesystem the nodes share); "
+                             "ray: one Ray job per experiment (the [ray] table; pip install 'eclip-autoresearch[ray]')")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def jobs(self) -> "SlurmConfig | RayConfig":
+        """The table of the cluster executor in use (poll_s, max_jobs, time_margin_s, python, *_per_run)."""
+        return self.ray if self.executor == "ray" else self.slurm
 
     @field_validator("search_space")
     @classmethod
@@ -246,7 +270,7 @@ hpo_sampler = "tpe"                # suggest(): tpe | random | gp (gp runs in a 
 allow_test_eval = false            # true exposes evaluate_test as an MCP tool; humans use `autoresearch evaluate-test`
 warm_cache = true                  # build the tensor cache a run asks for (IMAGE_SIZE, CONTEXT_LENGTH) before it starts
 # cache_dir = ".autoresearch/cache"  # where those caches live (read-only inside runs)
-executor = "local"                 # local | slurm: each experiment one sbatch job (README: running on a SLURM cluster)
+executor = "local"                 # local | slurm | ray: each experiment one sbatch / Ray job (README: running on a cluster)
 # [slurm]                          # only with executor = "slurm"; the workspace must be on a filesystem the nodes share
 # partition = "gpu"
 # account = "my-project"
@@ -258,4 +282,9 @@ executor = "local"                 # local | slurm: each experiment one sbatch j
 # max_jobs = 16                    # experiments in flight at once (each its own job)
 # extra_args = ["--qos=normal"]    # passed to sbatch as they are
 # python = "/shared/venv/bin/python"  # the interpreter on the nodes (default: this one)
+# [ray]                            # only with executor = "ray" (pip install 'eclip-autoresearch[ray]')
+# address = "http://127.0.0.1:8265"  # the cluster's Jobs API; token auth: RAY_AUTH_TOKEN(_PATH) or ~/.ray/auth_token
+# gpus_per_run = 1                 # entrypoint_num_gpus (Ray sets CUDA_VISIBLE_DEVICES)
+# cpus_per_run = 4                 # entrypoint_num_cpus, and the run's threads
+# max_jobs = 16                    # experiments in flight at once (each its own Ray job)
 {search_space_toml}'''

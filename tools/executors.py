@@ -5,7 +5,8 @@
 with the states pending | running | succeeded | failed | cancelled | timeout | lost. We schedule
 nothing ourselves: `local` is one sandboxed process on this machine (the supervisor's flock'd slots
 decide how many at once, as before); `slurm` is a thin layer over sbatch/squeue/sacct/scontrol/
-scancel, one job per experiment, and SLURM decides where and when it runs. The payload of a SLURM
+scancel, one job per experiment, and SLURM decides where and when it runs; `ray` (an optional
+extra) is the same over the Ray Jobs API, and Ray decides. The payload of a SLURM or Ray
 job is our own trusted entry point (`python -P -m tools.job WORKSPACE ID`), which launches the
 same sandboxed processes and the same scorer on the node as the local supervisor does here.
 """
@@ -19,14 +20,16 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from sandbox import SandboxPolicy
 
-from tools.config import SlurmConfig
+from tools.config import RayConfig, SlurmConfig
 from tools.errors import ToolError
 from tools.lab import Lab
 from tools.launch import launch_sandboxed
@@ -48,6 +51,7 @@ class JobSpec:
     mem_gb: float | None = None
     time_limit_s: float | None = None
     log_path: Path | None = None                          # the job's own stdout+stderr (slurm)
+    cwd: Path | None = None                               # where the entry point starts (ray; slurm: log_path's folder)
     sandbox: SandboxPolicy | None = None                  # local: the policy of the one process this job is
 
     @classmethod
@@ -158,8 +162,9 @@ def slurm_missing() -> list[str]:
     return [c for c in SLURM_COMMANDS if shutil.which(c) is None]
 
 
-def usable_executors() -> dict[str, str | None]:
-    """{executor: None when usable here, else why not} (for `autoresearch doctor`)."""
+def usable_executors(ray_address: str | None = None) -> dict[str, str | None]:
+    """{executor: None when usable here, else why not} (for `autoresearch doctor`; ray: a cluster
+    answers at `ray_address`, a workspace's [ray] address, else the default)."""
     missing = slurm_missing()
     if missing:
         slurm = f"{', '.join(missing)} not found (SLURM's client commands; on a cluster, run on a login node)"
@@ -167,7 +172,7 @@ def usable_executors() -> dict[str, str | None]:
         probe = _run(["sinfo", "-h", "-o", "%P"]) if shutil.which("sinfo") else None
         slurm = None if probe is None or probe.returncode == 0 else \
             f"sinfo failed: {(probe.stderr or probe.stdout).strip()[-300:]} (is SLURM_CONF / the controller right?)"
-    return {"local": None, "slurm": slurm}
+    return {"local": None, "slurm": slurm, "ray": ray_unusable(ray_address)}
 
 
 def time_limit_minutes(seconds: float) -> int:
@@ -285,11 +290,146 @@ def _run(argv: list[str], env: dict | None = None) -> subprocess.CompletedProces
         return subprocess.CompletedProcess(argv, 127, "", f"{argv[0]}: {exc}")
 
 
+# -- ray: the Ray Jobs API (an optional extra) ---------------------------------------------
+RAY_STATES = {"PENDING": "pending", "RUNNING": "running", "SUCCEEDED": "succeeded", "FAILED": "failed",
+              "STOPPED": "cancelled"}
+RAY_INSTALL = "pip install 'eclip-autoresearch[ray]'"
+
+
+def ray_auth_headers() -> dict[str, str]:
+    """The bearer token of a cluster started with token auth (Ray 2.52+: `ray start` enables it when a
+    token exists): RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token. Passed as a
+    header, so this works whether or not RAY_AUTH_MODE=token is set in our environment."""
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
+        try:
+            with open(path) as f:
+                token = f.read(4096).strip()
+        except OSError:
+            return {}
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def ray_client(address: str):
+    """A JobSubmissionClient for `address` (ray is imported only here: it is an optional extra)."""
+    try:
+        from ray.job_submission import JobSubmissionClient
+    except ImportError as exc:
+        raise ToolError(f"executor = \"ray\" needs Ray's Jobs API, which is not installed ({exc}). Fix: "
+                        f"{RAY_INSTALL}, or set executor = \"local\" in autoresearch.toml") from None
+    try:
+        return JobSubmissionClient(address, headers=ray_auth_headers() or None)
+    except Exception as exc:  # ConnectionError, AuthenticationError, a bad address ...
+        raise ToolError(f"no Ray cluster answered at [ray] address = {address!r}: {type(exc).__name__}: "
+                        f"{str(exc)[:300]}. Fix: start one (`ray start --head`), or set [ray] address; with token "
+                        "auth, RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
+
+
+def ray_unusable(address: str | None = None) -> str | None:
+    """None when a Ray cluster answers at `address` (default: the [ray] default), else why not."""
+    try:
+        import ray  # noqa: F401
+        import ray.job_submission  # noqa: F401
+    except ImportError:
+        return f"not installed ({RAY_INSTALL})"
+    address = address or RayConfig().address
+    try:
+        ray_client(address).get_version()
+    except ToolError as exc:
+        return f"ray {ray.__version__} installed, but {str(exc).split('. Fix:')[0]} (start one: ray start --head)"
+    except Exception as exc:
+        return f"ray {ray.__version__} installed, but {address} did not answer: {type(exc).__name__}: {str(exc)[:200]}"
+    return None
+
+
+class RayExecutor:
+    """A thin layer over the Ray Jobs API (submit_job / get_job_info / stop_job / get_job_logs); Ray
+    does all the scheduling. Ray sets CUDA_VISIBLE_DEVICES for entrypoint_num_gpus. Ray has no time
+    limit of its own: the entry point stops its run at AUTORESEARCH_JOB_TIME_LIMIT_S (tools/job.py)."""
+    name = "ray"
+
+    def __init__(self, cfg: RayConfig, client=None):
+        self.cfg = cfg
+        self._client_obj = client
+
+    @property
+    def client(self):
+        if self._client_obj is None:
+            self._client_obj = ray_client(self.cfg.address)
+        return self._client_obj
+
+    def entrypoint(self, job: JobSpec) -> str:
+        cwd = job.cwd or (job.log_path.parent if job.log_path else job.run_dir)
+        return f"cd {shlex.quote(str(cwd))} && exec {shlex.join(job.argv)}"
+
+    def submit(self, job: JobSpec) -> JobHandle:
+        env = dict(job.env)
+        # unique across the cluster's life (a workspace made again restarts its ids)
+        sid = f"{job.name}-{uuid.uuid4().hex[:8]}"
+        env.update(AUTORESEARCH_EXECUTOR="ray", AUTORESEARCH_JOB_ID=sid, AUTORESEARCH_JOB_CPUS=str(max(1, int(job.cpus))))
+        if job.time_limit_s:
+            env["AUTORESEARCH_JOB_TIME_LIMIT_S"] = f"{job.time_limit_s:.0f}"
+        job.env = env
+        try:
+            got = self.client.submit_job(entrypoint=self.entrypoint(job), submission_id=sid,
+                                         entrypoint_num_gpus=job.gpus or None, entrypoint_num_cpus=job.cpus,
+                                         runtime_env={"env_vars": env})
+        except ToolError:
+            raise
+        except Exception as exc:
+            raise ToolError(f"Ray refused the job: {type(exc).__name__}: {str(exc)[-500:]}. Fix: check the [ray] "
+                            "table in autoresearch.toml (address, gpus_per_run, cpus_per_run) and `ray status`") from None
+        return JobHandle("ray", str(got or sid), log_path=None, submitted_at=time.time(),
+                         time_limit_s=job.time_limit_s)
+
+    def status(self, handle: JobHandle) -> JobStatus:
+        try:
+            info = self.client.get_job_info(handle.job_id)
+        except Exception as exc:
+            text = f"{type(exc).__name__}: {exc}"
+            if "does not exist" in text or "404" in text:
+                return JobStatus("lost", reason=f"unknown to the Ray cluster at {self.cfg.address} (restarted?)",
+                                 native="UNKNOWN")
+            # the head did not answer (restarting, unreachable): not a verdict on the job; ask again later
+            return JobStatus("running", reason=f"Ray did not answer: {text[:200]}", native="UNKNOWN")
+        word = str(getattr(info.status, "value", info.status))
+        state = RAY_STATES.get(word, "running")
+        lines = (info.message or "").strip().splitlines()  # FAILED: 'Job entrypoint command failed with exit code 3, ...'
+        reason = lines[0][:300] if lines and state not in ("succeeded", "running") else ""
+        return JobStatus(state, exit_code=info.driver_exit_code, reason=reason, native=word)
+
+    def cancel(self, handle: JobHandle) -> None:
+        try:
+            self.client.stop_job(handle.job_id)  # SIGTERM to the entry point, SIGKILL a few seconds later
+        except Exception as exc:  # gone already, or Ray unreachable: the cancel file still stops the run
+            print(f"autoresearch: ray stop_job({handle.job_id}) failed: {exc}", file=sys.stderr)
+
+    def logs(self, handle: JobHandle, tail: int = 40) -> str:
+        try:
+            text = self.client.get_job_logs(handle.job_id) or ""
+        except Exception:
+            return ""
+        return "\n".join(text[-64 * 1024:].splitlines()[-tail:])
+
+
 # -- the workspace's executor and its saved handles ----------------------------------------
 def executor_for(lab: Lab) -> Executor:
-    if lab.config.executor == "slurm":
+    return executor_named(lab, lab.config.executor)
+
+
+def executor_named(lab: Lab, name: str) -> Executor:
+    """The executor a saved handle names (`executor` may have changed since it was submitted)."""
+    if name == "slurm":
         return SlurmExecutor(lab.config.slurm)
+    if name == "ray":
+        return RayExecutor(lab.config.ray)
     return LocalExecutor(lab)
+
+
+JOB_LABELS = {"slurm": "SLURM", "ray": "Ray", "local": "local"}
 
 
 def jobs_dir(lab: Lab, exp_id: int) -> Path:

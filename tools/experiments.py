@@ -79,8 +79,13 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
         phase = _cache_phase(lab.run_dir(exp_id))
         if phase:
             out.next = f"{phase} (not charged to its budget); {out.next}"
-        elif lab.config.executor == "slurm" and (note := runs.job_note(lab, exp_id)):
+        elif lab.config.executor != "local" and (note := runs.job_note(lab, exp_id)):
             out.next = f"{note}; {out.next}"
+            return out
+    job = json.loads(exp["config_json"] or "{}").get("job")
+    if isinstance(job, dict) and job.get("job_id"):  # the executor and job id of a run handed to a cluster
+        where = f"{job.get('executor')} job {job['job_id']}"
+        out.next = f"{where}; {out.next}" if out.next else where
     return out
 
 

@@ -17,6 +17,7 @@ import re
 import signal
 import socket
 import sys
+import time
 import traceback
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def node_lab(root: Path) -> Lab:
     cfg = load_config(root)
     cfg.gpus = allocated_gpus() or []
     cfg.concurrency = 1  # this job is the one slot on its allocation
-    cpus = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    cpus = os.environ.get("SLURM_CPUS_PER_TASK") or os.environ.get("AUTORESEARCH_JOB_CPUS", "")  # ray: ours
     if cfg.threads == "auto" and cpus.isdigit():
         cfg.threads = int(cpus)
     lab = Lab(root=root, config=cfg, store=None, workspace=Workspace(root, cfg.editable))
@@ -72,17 +73,26 @@ def main(argv: list[str]) -> int:
     cancel_file = lab.run_dir(exp_id) / "cancel"
     terminating: list[int] = []
     signal.signal(signal.SIGTERM, lambda *_: terminating.append(1))
-    print(f"autoresearch job: experiment {exp_id} on {socket.gethostname()}, job {os.environ.get('SLURM_JOB_ID')}, "
+    # Ray has no time limit of its own: the executor passes the job's (budget + grace + margin) here
+    limit_s = float(os.environ.get("AUTORESEARCH_JOB_TIME_LIMIT_S") or 0)
+    deadline = time.monotonic() + limit_s if limit_s > 0 else None
+    over = lambda: deadline is not None and time.monotonic() > deadline  # noqa: E731
+    job_id = os.environ.get("SLURM_JOB_ID") or os.environ.get("AUTORESEARCH_JOB_ID")  # ray: its submission id
+    print(f"autoresearch job: experiment {exp_id} on {socket.gethostname()}, job {job_id}, "
           f"gpus {lab.config.gpus or 'none'}, threads {lab.config.threads}", flush=True)
     try:
-        outcome = execute_claimed(lab, exp, lambda: bool(terminating) or cancel_file.exists())
+        outcome = execute_claimed(lab, exp, lambda: bool(terminating) or cancel_file.exists() or over())
     except SandboxUnavailable as exc:
         outcome = Outcome(status="failed", error=f"sandbox refused: {exc}")
     except Exception as exc:  # the supervisor records it failed with this and the job log's tail
         traceback.print_exc()
         write_outcome(lab, exp_id, Outcome(status="failed", error=f"job error: {type(exc).__name__}: {exc}"))
         return 1
-    if terminating and outcome.status == "cancelled" and not cancel_file.exists():
+    if over() and outcome.status == "cancelled" and not cancel_file.exists():
+        outcome.status = "timeout"
+        outcome.error = f"stopped at the job's time limit ({limit_s:.0f} s: budget + grace + [ray] time_margin_s)"
+    elif terminating and outcome.status == "cancelled" and not cancel_file.exists() and \
+            os.environ.get("AUTORESEARCH_EXECUTOR") != "ray":  # ray: only stop_job sends it (cancelled outside)
         outcome.status = "timeout"  # SLURM's --signal ahead of the limit (a scancel from outside reads CANCELLED)
         outcome.error = "stopped by SLURM's signal ahead of the job's time limit ([slurm] signal_s, time_margin_s)"
     write_outcome(lab, exp_id, outcome)

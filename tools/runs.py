@@ -10,9 +10,9 @@ run's own files are read through tools/rundir.py (bounded). The server only read
 the run dir's progress.
 
 Where the processes run is the executor's (tools/executors.py). `local`: the supervisor starts each
-sandboxed process itself (`execute_claimed`). `slurm`: the supervisor submits one job per claimed
+sandboxed process itself (`execute_claimed`). `slurm` and `ray`: the supervisor submits one job per claimed
 run (`submit_job`), whose entry point (tools/job.py) runs `execute_claimed` on a node and leaves its
-Outcome in the job's folder; the supervisor (or, after a restart, `recover`) asks SLURM how the job
+Outcome in the job's folder; the supervisor (or, after a restart, `recover`) asks SLURM (Ray) how the job
 ended and records it here (`settle_job`): only this machine writes the SQLite store.
 """
 
@@ -36,8 +36,8 @@ from tools import datacache, guard, hpo, search
 from sandbox import SandboxResult
 
 from tools.errors import ToolError
-from tools.executors import (JobHandle, JobSpec, JobStatus, LocalExecutor, SlurmExecutor, executor_for, jobs_dir,
-                             load_handle, save_handle)
+from tools.executors import (JOB_LABELS, JobHandle, JobSpec, JobStatus, LocalExecutor, executor_for, executor_named,
+                             jobs_dir, load_handle, save_handle)
 from tools.lab import Lab
 from tools.launch import sandbox_policy
 from tools.params import bake
@@ -416,8 +416,8 @@ def request_cancel(lab: Lab, exp_id: int) -> str:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "cancel").touch()  # the source of truth; a SLURM job's entry point sees it too
     handle = load_handle(lab, exp_id)
-    if handle is not None and handle.executor == "slurm":
-        SlurmExecutor(lab.config.slurm).cancel(handle)  # gone from squeue now; settled by the supervisor
+    if handle is not None and handle.executor in ("slurm", "ray"):
+        executor_named(lab, handle.executor).cancel(handle)  # scancel / stop_job now; settled by the supervisor
     pid = exp["supervisor_pid"]
     if pid and supervisor_alive(lab, pid):
         try:
@@ -458,8 +458,8 @@ def recover(lab: Lab, *, kick: bool = True) -> list[int]:
         if supervisor_alive(lab, exp["supervisor_pid"]):
             continue
         handle = load_handle(lab, exp["id"])
-        if handle is not None and handle.executor == "slurm":
-            status = SlurmExecutor(lab.config.slurm).status(handle)
+        if handle is not None and handle.executor in ("slurm", "ray"):
+            status = executor_named(lab, handle.executor).status(handle)
             if not status.final:
                 in_flight = True  # a job nobody watches: the supervisor started below adopts it
                 continue
@@ -490,19 +490,19 @@ def job_time_limit_s(lab: Lab, exp: dict) -> float:
     total = budget + processes * cfg.timeout_grace_s
     if cfg.scorer != "eclip":
         total += cfg.scorer_timeout_s + cfg.timeout_grace_s
-    return total + cfg.slurm.time_margin_s
+    return total + cfg.jobs.time_margin_s
 
 
 def job_spec(lab: Lab, exp: dict) -> JobSpec:
-    cfg, s = lab.config, lab.config.slurm
+    cfg, s = lab.config, lab.config.jobs
     exp_id = exp["id"]
     folder = jobs_dir(lab, exp_id)
-    mem = s.mem_gb or (cfg.memory_limit_gb + 1 if cfg.memory_limit_gb else None)
+    mem = getattr(s, "mem_gb", None) or (cfg.memory_limit_gb + 1 if cfg.memory_limit_gb else None)
     name = "ar-" + "".join(c if c.isalnum() or c in "-_." else "-" for c in cfg.name)[:40] + f"-{exp_id}"
     return JobSpec(argv=[s.python or sys.executable, "-P", "-m", "tools.job", str(lab.root), str(exp_id)],
                    run_dir=lab.run_dir(exp_id), name=name, env={"PYTHONUNBUFFERED": "1"}, gpus=s.gpus_per_run,
                    cpus=s.cpus_per_run, mem_gb=mem, time_limit_s=job_time_limit_s(lab, exp),
-                   log_path=folder / "slurm-%j.log")
+                   log_path=folder / "slurm-%j.log" if cfg.executor == "slurm" else None, cwd=folder)
 
 
 def submit_job(lab: Lab, exp: dict) -> JobHandle:
@@ -530,7 +530,8 @@ def settle_job(lab: Lab, exp: dict, handle: JobHandle, status: JobStatus) -> Non
     exp_id = exp["id"]
     outcome = read_outcome(lab, exp_id)
     requested = (lab.run_dir(exp_id) / "cancel").exists()
-    where = f"SLURM job {handle.job_id}"
+    label = JOB_LABELS.get(handle.executor, handle.executor)
+    where = f"{label} job {handle.job_id}"
     said = status.native + (f", {status.reason}" if status.reason else "")
     kept = outcome.result if outcome is not None else None
     if status.state == "cancelled" and requested:
@@ -541,25 +542,25 @@ def settle_job(lab: Lab, exp: dict, handle: JobHandle, status: JobStatus) -> Non
     elif status.state == "timeout" and (outcome is None or outcome.status != "timeout"):
         limit = f"{handle.time_limit_s:.0f} s" if handle.time_limit_s else "its limit"
         outcome = Outcome(status="timeout", result=kept,
-                          error=f"{where} reached its SLURM time limit ({limit}, [slurm] time_margin_s included) "
-                                f"and was killed ({said})")
+                          error=f"{where} reached its {label} time limit ({limit}, [{handle.executor}] "
+                                f"time_margin_s included) and was killed ({said})")
     elif outcome is None and status.state == "lost":
         outcome = Outcome(status="interrupted", error=f"{where} was lost ({status.reason or status.native}) and left "
                                                       "no result. Fix: rerun the experiment")
     elif outcome is None:
-        tail = SlurmExecutor(lab.config.slurm).logs(handle, 20).strip()
+        tail = executor_named(lab, handle.executor).logs(handle, 20).strip()
         outcome = Outcome(status="failed", error=f"{where} ended {said} (exit code {status.exit_code}) before its "
                                                  "entry point wrote a result" + (f"\n--- job log ---\n{tail}" if tail else ""))
     record_from_run_dir(lab, exp_id, outcome=outcome)
 
 
 def job_note(lab: Lab, exp_id: int) -> str | None:
-    """'SLURM job 12: PENDING (Resources)' for a run handed to SLURM (for a status line); None otherwise."""
+    """'SLURM job 12: PENDING (Resources)' for a run handed to SLURM or Ray (a status line); None otherwise."""
     handle = load_handle(lab, exp_id)
-    if handle is None or handle.executor != "slurm":
+    if handle is None or handle.executor not in ("slurm", "ray"):
         return None
-    st = SlurmExecutor(lab.config.slurm).status(handle)
-    return f"SLURM job {handle.job_id}: {st.native or st.state}" + (f" ({st.reason})" if st.reason else "")
+    st = executor_named(lab, handle.executor).status(handle)
+    return f"{JOB_LABELS[handle.executor]} job {handle.job_id}: {st.native or st.state}" + (f" ({st.reason})" if st.reason else "")
 
 
 def write_outcome(lab: Lab, exp_id: int, outcome: Outcome) -> None:

@@ -9,6 +9,7 @@ With `executor = "slurm"` one supervisor per workspace (a single slot) watches i
 it submits each claimed run as its own sbatch job (up to [slurm] max_jobs in flight), asks SLURM
 about them, scancels on request, and records each as it ends. It adopts jobs a dead supervisor
 left in flight, and exits when nothing is queued or in flight; the jobs do not need it to run.
+`executor = "ray"` is the same watcher over the Ray Jobs API ([ray] max_jobs, poll_s).
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def queue_baseline_seeds(lab: Lab, exp_id: int) -> None:
 def watch_jobs(lab: Lab, pid: int, terminating: list) -> int:
     """The slurm supervisor's loop: submit, poll, cancel on request, record; SLURM does the scheduling."""
     executor = executor_for(lab)
-    poll_s = lab.config.slurm.poll_s
+    jobs_cfg = lab.config.jobs  # [slurm] or [ray]
+    poll_s = jobs_cfg.poll_s
     while True:
         with _slot(lab) as slot:
             if slot is None:
@@ -88,11 +90,11 @@ def watch_jobs(lab: Lab, pid: int, terminating: list) -> int:
                             settle_job(lab, exp, handle, status)
                         except Exception as exc:  # never leave it 'running' for every later supervisor to trip on
                             record(lab, exp["id"], status="failed",
-                                   error=f"supervisor error recording SLURM job {handle.job_id}: "
+                                   error=f"supervisor error recording {handle.executor} job {handle.job_id}: "
                                          f"{type(exc).__name__}: {exc}")
                         queue_baseline_seeds(lab, exp["id"])
                 in_flight = len(lab.store.experiments_with_status("running"))
-                while in_flight < lab.config.slurm.max_jobs and not terminating:
+                while in_flight < jobs_cfg.max_jobs and not terminating:
                     exp = lab.store.claim_next_queued(pid)
                     if exp is None:
                         break
@@ -100,7 +102,7 @@ def watch_jobs(lab: Lab, pid: int, terminating: list) -> int:
                     in_flight += 1
                 if not _mine(lab, pid) and not lab.store.count_experiments("queued"):
                     break
-                _nap(lab, poll_s, room=in_flight < lab.config.slurm.max_jobs)
+                _nap(lab, poll_s, room=in_flight < jobs_cfg.max_jobs)
         # the jobs live on without us: after a SIGTERM the next supervisor adopts them
         if terminating or not (lab.store.count_experiments("queued") or _mine(lab, pid)):
             return 0
@@ -132,7 +134,7 @@ def _submit(lab: Lab, exp: dict) -> None:
     try:
         submit_job(lab, exp)
     except Exception as exc:  # sbatch refused (a bad partition or account...): the run failed, and why
-        record(lab, exp["id"], status="failed", error=f"not submitted to SLURM: {exc}")
+        record(lab, exp["id"], status="failed", error=f"not submitted to {lab.config.executor}: {exc}")
         print(f"supervisor: experiment {exp['id']} not submitted: {exc}", file=sys.stderr)
 
 
