@@ -314,6 +314,15 @@ class Store:
         row = cur.fetchone()
         return dict(zip([d[0] for d in cur.description], row)) if row else None
 
+    def judged_row(self, conn: sqlite3.Connection, experiment_id: int) -> dict | None:
+        """id, objective and objective_std as verdicts see them (its group's mean and std of the mean
+        where it has a seed group), with its own verdict and the best it was judged against."""
+        cur = conn.execute("SELECT id, coalesce(group_objective, objective) AS objective, coalesce(group_std, "
+                           "objective_std) AS objective_std, verdict, best_id_at_verdict FROM experiments WHERE id = ?",
+                           [experiment_id])
+        row = cur.fetchone()
+        return dict(zip([d[0] for d in cur.description], row)) if row else None
+
     def objective_of(self, conn: sqlite3.Connection, experiment_id: int) -> float | None:
         row = conn.execute("SELECT objective FROM experiments WHERE id = ?", [experiment_id]).fetchone()
         return row[0] if row else None

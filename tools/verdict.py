@@ -157,15 +157,13 @@ def rejudge_best(store, conn, best_id: int, group_ids: list[int], g: dict, cfg) 
     """The best's group changed: judge it again against the run it replaced. If it no longer clears
     the margin it stops being best (its kept rows are unkept: the previous best is best again) and
     the change is recorded. Returns the sentence saying so, or None when it stays best."""
-    row = conn.execute("SELECT best_id_at_verdict, verdict FROM experiments WHERE id = ?", [best_id]).fetchone()
-    replaced_id = row[0] if row else None
-    if replaced_id is None or (row[1] or "") == "baseline":
+    best = store.judged_row(conn, best_id)
+    replaced_id = best["best_id_at_verdict"] if best else None
+    if replaced_id is None or (best["verdict"] or "") == "baseline":
         return None
-    cur = conn.execute("SELECT id, coalesce(group_objective, objective), coalesce(group_std, objective_std) "
-                       "FROM experiments WHERE id = ?", [replaced_id]).fetchone()
-    if cur is None or cur[1] is None:
+    replaced = store.judged_row(conn, replaced_id)
+    if replaced is None or replaced["objective"] is None:
         return None
-    replaced = {"id": cur[0], "objective": cur[1], "objective_std": cur[2]}
     v = judge(objective=g["mean"], std=g["std"], best=replaced, direction=cfg.direction, sigmas=cfg.noise_sigma)
     if v.verdict == "improved":
         return None
