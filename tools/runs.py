@@ -260,7 +260,7 @@ def score(lab: Lab, exp_id: int) -> dict:
     return parse_command_score(lab.score_dir(exp_id) / "stdout.log", lab.config.objective)
 
 
-def run_facts(lab: Lab, run_dir: Path) -> tuple[dict, list[str]]:
+def run_facts(run_dir: Path) -> tuple[dict, list[str]]:
     """What the run's own metrics.json files say (informational), and the score keys they claimed."""
     dirs = fold_dirs(run_dir) or [run_dir]
     merged: dict = {}
@@ -296,7 +296,7 @@ def record_from_run_dir(lab: Lab, exp_id: int, *, outcome: Outcome | None = None
             block = score(lab, exp_id)
         except ScoreError as exc:
             status, error = ("interrupted" if recovered else "failed"), f"scoring: {exc}"
-    facts, claimed = run_facts(lab, run_dir)
+    facts, claimed = run_facts(run_dir)
     objective = None
     if block is not None:
         objective = number(block.get(lab.config.objective))
