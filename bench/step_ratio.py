@@ -23,7 +23,6 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 from bench.common import ROOT, record, summary, table
 

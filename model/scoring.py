@@ -36,7 +36,6 @@ import errno
 import math
 import os
 import stat
-from pathlib import Path
 
 import numpy as np
 

@@ -4,7 +4,6 @@ the progress plot and the results.tsv export. Real toy runs in the sandbox, real
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 
 import pytest
@@ -14,7 +13,7 @@ from mcp import Client
 from server import app
 from server.cli import main as cli
 from tools import experiments as ex
-from tools import launch, plots, reproduce, reruns, testeval
+from tools import launch, reproduce, reruns, testeval
 from tools.errors import ToolError
 from tools.lab import Lab, harness_dir
 

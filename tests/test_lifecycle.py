@@ -1,10 +1,8 @@
 """Issue 5: runs that outlive servers, kill -9 fault injection, two servers on one workspace."""
 
 import json
-import os
 import random
 import signal
-import sqlite3
 import subprocess
 import sys
 import time

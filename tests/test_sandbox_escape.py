@@ -21,7 +21,6 @@ import tempfile
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
 
