@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
+from tools.verdict import shown_truncated
+
 
 VERDICT_WORDS = {
     "baseline": "baseline",
@@ -152,9 +154,7 @@ def state_words(row: dict, metrics: dict | None = None) -> str:
     """'succeeded', 'truncated: stopped by time at step 12/300', 'failed', ..."""
     status = row["status"]
     stopped, steps, budget = stop_info(row, metrics)
-    truncated = row.get("verdict") == "incomparable" or (stopped == "time" and not (steps and budget and
-                                                                                     steps >= budget))
-    if status == "succeeded" and truncated:
+    if status == "succeeded" and shown_truncated(row.get("verdict"), stopped, steps, budget):
         at = f" at step {steps}/{budget}" if steps is not None and budget else ""
         return f"truncated: stopped by time{at}"
     return status

@@ -11,7 +11,7 @@ import os
 
 from tools.errors import ToolError
 from tools.lab import Lab
-from tools.verdict import stop_note
+from tools.verdict import shown_truncated, stop_note
 
 MAX_PLOT_EXPERIMENTS = 1000
 
@@ -44,10 +44,8 @@ def objective_label(lab: Lab, rows: list[dict]) -> tuple[str, str]:
 
 def is_truncated(r: dict) -> bool:
     """Stopped by its time cap before its step budget (issue 12: not comparable with the others)."""
-    if r.get("verdict") == "incomparable":
-        return True
-    stopped = r.get("stopped_by") or _run_facts(r).get("stopped_by")
-    return stopped == "time" and not (r.get("steps") and r.get("max_steps") and r["steps"] >= r["max_steps"])
+    return shown_truncated(r.get("verdict"), r.get("stopped_by") or _run_facts(r).get("stopped_by"), r.get("steps"),
+                           r.get("max_steps"))
 
 
 def _random_baseline(lab: Lab, rows: list[dict]) -> float | None:

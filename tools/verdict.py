@@ -90,6 +90,12 @@ def _best_note(best: dict | None) -> str:
     return ""
 
 
+def shown_truncated(verdict, stopped_by, steps, max_steps) -> bool:
+    """How tables and plots tell a truncated run: judged incomparable, or stopped by time short of its
+    step budget (a reproduction is never judged, so its stop reason alone says it)."""
+    return verdict == "incomparable" or (stopped_by == "time" and not (steps and max_steps and steps >= max_steps))
+
+
 def stop_note(steps, max_steps, stopped_by) -> str | None:
     """'stopped by time at step 12/300' for a run that did not finish its step budget, else None."""
     if stopped_by == "time" or (steps is not None and max_steps is not None and steps < max_steps):
