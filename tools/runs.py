@@ -363,6 +363,7 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
                              "isolation": result.isolation, "limits": result.limits}
     fields["config_json"] = json.dumps(config, default=str)
     with store.transaction() as conn:
+        best_before = store.best_experiment_in(conn)
         if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/verdict.py)
             fields.update(verdict_fields(store, conn, exp, objective, fields.get("objective_std"), cfg, stop=stop))
             store.replace_metrics(exp_id, metric_rows(metrics), conn)
@@ -371,12 +372,13 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
                                           **fields)
         if updated and denied:
             store.record_integrity_events(conn, exp_id, denied)
-        if updated and exp["snapshot_commit"]:
+        best_now = store.best_experiment_in(conn) if updated else best_before
+        if best_now is not None and (best_before is None or best_now["id"] != best_before["id"]):
             # under the write lock: the ref follows the best in the order verdicts were given (a
-            # demotion moves it back), and a reader that sees the kept row also sees the ref
-            best_now = store.best_experiment_in(conn)
+            # demotion moves it back), and a reader that sees the kept row also sees the ref; a
+            # record that leaves the best as it was runs no git
             try:
-                if best_now is not None and best_now.get("snapshot_commit"):
+                if best_now.get("snapshot_commit"):
                     lab.workspace.advance_best(lab.code_snapshot(best_now))
             except Exception as exc:  # the ref is a convenience (revert('best') reads the store)
                 print(f"autoresearch: could not move {BEST_REF}: {exc}", file=sys.stderr)
