@@ -85,18 +85,20 @@ class Lab:
 
     def command_argv(self) -> list[str]:
         """The experiment argv; 'python' is this installation's interpreter (it has torch)."""
-        argv = list(self.config.command)
-        if argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
-        return argv
-
+        return _with_interpreter(self.config.command)
 
     def scorer_argv(self) -> list[str]:
         """The workspace scorer's argv: 'python' is this interpreter, workspace files are absolute."""
-        argv = list(self.config.scorer)
-        if argv[0] in ("python", "python3"):
-            argv[0] = sys.executable
+        argv = _with_interpreter(self.config.scorer)
         return [a if i == 0 or not (self.root / a).is_file() else str(self.root / a) for i, a in enumerate(argv)]
+
+
+def _with_interpreter(argv: list[str]) -> list[str]:
+    """A copy of argv whose leading 'python'/'python3' is this installation's interpreter."""
+    argv = list(argv)
+    if argv[0] in ("python", "python3"):
+        argv[0] = sys.executable
+    return argv
 
 
 def harness_dir() -> Path | None:
