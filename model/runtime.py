@@ -44,7 +44,7 @@ import torch
 
 from . import scoring
 from .data import PairData
-from .tasks import build_tasks, key_path, task_dir
+from .tasks import build_tasks, deal_task
 
 EVENT_EVERY_S = 1.0
 
@@ -59,7 +59,7 @@ class Task:
     eval_images: torch.Tensor         # uint8 [E, 3, S, S], the pool in secret order A
     eval_tokens: torch.Tensor         # long [E, L], the pool in an independent secret order B
     fold: int
-    num_folds: int
+    num_folds: int                    # training processes of the run (1 but for the leaky kfold-pooled protocol)
     split: str
     info: dict = field(default_factory=dict)
     dir: Path | None = None
@@ -107,8 +107,8 @@ def load_task(image_size: int | None = None, context_length: int | None = None, 
         log(f"task: AR_TASK_DIR not set; building a one-fold task in {tmp} (standalone run)")
         build_tasks(None, None, image_size=image_size, context_length=context_length, num_folds=1, split="val",
                     out_dir=tmp / "tasks", log=log)
-        d = task_dir(tmp / "tasks", 0)
-        _standalone_key = key_path(tmp / "tasks", 0)
+        d, _standalone_key = tmp / "task", tmp / "key.npz"
+        deal_task(tmp / "tasks", 0, d, _standalone_key)
     task = read_task(d)
     for name, want in (("image_size", image_size), ("context_length", context_length)):
         if want is not None and task.info.get(name) != want:
@@ -144,7 +144,7 @@ def save_embeddings(image_emb, text_emb) -> dict | None:
             raise
     if _standalone_key is None:
         return None
-    m = scoring.score_fold(out, _standalone_key)
+    m = scoring.summarize(scoring.score_fold(out, _standalone_key))
     print(f"local score (standalone, not recorded): mean_rank {m['mean_rank']:.3f} of random "
           f"{m['random_mean_rank']:.1f}, R@1 i2t {m['i2t_r1']:.3f} t2i {m['t2i_r1']:.3f}"
           + (f", twin_acc {m['twin_acc']:.3f}" if "twin_acc" in m else ""), flush=True)

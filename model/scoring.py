@@ -1,22 +1,22 @@
 """The trusted scorer: the fixed retrieval protocol on embeddings a run hands back (numpy only).
 
-The supervisor imports this outside the sandbox (no torch). A fold's sandboxed process gets the
-fold's eval pool as images and captions in two independent secret orders (`model.tasks`) and
-writes `image_embeddings.npy` and `text_embeddings.npy` (one row per row of `eval_images` /
+The supervisor imports this outside the sandbox (no torch). A run's sandboxed process gets its eval
+set as images and captions in two independent secret orders, fresh for every run (`model.tasks`),
+and writes `image_embeddings.npy` and `text_embeddings.npy` (one row per row of `eval_images` /
 `eval_tokens`, in that order) into its run folder. `score_fold(run_dir, key_path)` checks both
-files, un-permutes them with the fold's `key.npz` (never visible to the run) and computes the
-protocol's metrics; `summarize` averages folds into the flat block the store records.
+files, un-permutes them with the run's key (never visible to the run) and computes the protocol's
+metrics per eval pool; `summarize` averages the pools into the flat block the store records.
 
-Protocol (the seed's prepare.py `evaluate`; frozen):
-  * k folds over pooled train+val (`model.data.make_folds`; k = 1 is the original train/val
-    split), one model per fold, scored on that fold's held-out pool;
+Protocol (the seed's prepare.py `evaluate`, on the pools of `model.tasks`; frozen):
+  * each eval pool is scored on its own: the candidates of a query are its pool's rows (the run
+    sees every pool's rows in one secret order and cannot tell which rows share a pool);
   * embeddings are L2-normalised here, whatever the run returns; similarity = cosine; image i's
     true match is caption i of the pool (and vice versa);
   * rank = 0-based position of the true match among all N candidates;
   * per direction (i2t = image -> texts, t2i = text -> images): mean rank, median rank, R@1/5/10
     (R@k = share of queries with rank < k);
-  * `mean_rank` = (i2t mean rank + t2i mean rank) / 2; the objective is its mean over folds,
-    reported with the (population, np.std) std across folds and the random baseline (N - 1) / 2.
+  * `mean_rank` = (i2t mean rank + t2i mean rank) / 2; the objective is its mean over pools,
+    reported with the (population, np.std) std across pools and the random baseline (N - 1) / 2.
 
 Tie rule: rank = #(candidates strictly more similar than the true match)
                  + 0.5 * #(other candidates exactly as similar).
@@ -120,7 +120,8 @@ def retrieval_metrics(img, txt, twin=None) -> dict:
 
 
 def summarize(folds: list[dict]) -> dict:
-    """Average fold metrics into the flat block (mean_rank_std across folds, objective = mean_rank)."""
+    """Average the pools' metrics into the flat block (mean_rank_std across pools, objective = mean_rank).
+    The list keeps its historical name `folds`: one entry per eval pool."""
     if not folds:
         raise ValueError("no folds to summarize")
     out = {}
@@ -223,18 +224,22 @@ def read_embeddings(run_dir, name: str, n_rows: int) -> np.ndarray:
 
 
 def read_key(key_path) -> dict:
-    """The fold's key (trusted, written by model.tasks): image_pool, text_pool, twin (int64 [M])."""
+    """A run's key (trusted, written by model.tasks.deal_task): image_pool, text_pool, twin, pool (int64 [M])."""
     with np.load(key_path, allow_pickle=False) as z:
         key = {k: np.asarray(z[k], dtype=np.int64) for k in ("image_pool", "text_pool", "twin")}
+        key["pool"] = np.asarray(z["pool"], dtype=np.int64) if "pool" in z.files else np.zeros(len(key["twin"]), np.int64)
     m = len(key["twin"])
     for k in ("image_pool", "text_pool"):
         if len(key[k]) != m or not np.array_equal(np.sort(key[k]), np.arange(m)):
-            raise ValueError(f"{key_path}: {k} is not a permutation of the {m} pool rows")
+            raise ValueError(f"{key_path}: {k} is not a permutation of the {m} eval rows")
+    if len(key["pool"]) != m:
+        raise ValueError(f"{key_path}: pool has {len(key['pool'])} rows, not {m}")
     return key
 
 
-def score_fold(output_dir, key_path) -> dict:
-    """The protocol's metrics of one fold from the run's embeddings (ScoringError when malformed)."""
+def score_fold(output_dir, key_path) -> list[dict]:
+    """The protocol's metrics of each eval pool of one process, from the run's embeddings (ScoringError
+    when malformed): one dict per pool, in pool order, each with its "pool" number."""
     key = read_key(key_path)
     n = len(key["twin"])
     img = read_embeddings(output_dir, IMAGE_FILE, n)
@@ -242,9 +247,17 @@ def score_fold(output_dir, key_path) -> dict:
     if img.shape[1] != txt.shape[1]:
         raise ScoringError(f"{IMAGE_FILE}, {TEXT_FILE}: widths {img.shape[1]} and {txt.shape[1]} differ; both "
                            f"towers must embed into the same space. Fix: project both to one width")
-    img_pool = np.empty_like(img)
-    txt_pool = np.empty_like(txt)
-    img_pool[key["image_pool"]] = img        # row r of eval_images is pool row image_pool[r]
-    txt_pool[key["text_pool"]] = txt
-    twin = key["twin"] if (key["twin"] >= 0).any() else None
-    return retrieval_metrics(img_pool, txt_pool, twin)
+    img_c = np.empty_like(img)
+    txt_c = np.empty_like(txt)
+    img_c[key["image_pool"]] = img        # row r of eval_images is canonical row image_pool[r]
+    txt_c[key["text_pool"]] = txt
+    out = []
+    for p in np.unique(key["pool"]):
+        rows = np.nonzero(key["pool"] == p)[0]
+        pos = np.full(n, -1, np.int64)
+        pos[rows] = np.arange(len(rows))
+        t = key["twin"][rows]
+        twin = np.where(t >= 0, pos[np.maximum(t, 0)], -1)
+        m = retrieval_metrics(img_c[rows], txt_c[rows], twin if (twin >= 0).any() else None)
+        out.append({"pool": int(p), **m})
+    return out

@@ -1,34 +1,55 @@
-"""Per-fold tasks for sandboxed runs (trusted: the supervisor runs this outside the sandbox).
+"""Task builds and per-run task folders for sandboxed runs (trusted: the supervisor runs this
+outside the sandbox).
 
     python -m model.tasks build --data D [--cache-dir C] --image-size 64 --context-length 48 \
-                                --folds K --split val|test [--test-annotations T] --out OUT
+                                --folds K [--protocol split|kfold-pooled] --split val|test \
+                                [--test-annotations T] --out OUT
 
-One task per fold of the frozen protocol (`model.data.make_folds`: k folds over pooled train+val,
-twin pairs kept together; k = 1 is the original train/val split). `--split test`: one task whose
-training pairs are all of train+val and whose eval pool is the test annotations.
+Two protocols (`protocol` in autoresearch.toml; the agent cannot change it):
 
-    OUT/tasks.json                 {format, num_folds, split, image_size, context_length,
-                                    data_fingerprint, n_train, n_eval (lists, per fold)}; written
-                                    last: its presence marks the build complete
-    OUT/fold-<k>/task/             mounted read-only into fold k's process as $AR_TASK_DIR
-        train_images.npy           uint8 [N, 3, S, S]   the fold's training pairs
+  split (default, leak-free)  one training process on the training split; the validation pairs are
+                              cut into K disjoint eval pools (twin pairs kept together, a fixed
+                              seed). No pair of any scored pool is ever in any training set.
+  kfold-pooled (LEAKY)        the seed's protocol: K folds over pooled train+val, one process per
+                              fold. Fold j trains on the other folds' eval pools, paired, so a fold
+                              can hand its neighbours' answers to them (through the agent, which
+                              reads the logs). Only for comparing with the seed's own numbers.
+
+`--split test`: one process whose training pairs are all of train+val, one pool: the test pairs.
+
+A *build* (cached, reused by every run with the same sizes, protocol and data) holds the expensive
+part, decoded and resized, in the canonical pool order; it is never mounted into a run:
+
+    OUT/tasks.json                 {format, protocol, num_folds (processes), num_pools, split,
+                                    image_size, context_length, data_fingerprint, n_train, n_eval
+                                    (lists, per process)}; written last: it marks the build complete
+    OUT/fold-<k>/train_*.npy       the process's training pairs (see TASK_FILES)
+    OUT/fold-<k>/pool/             eval_images.npy, eval_tokens.npy (paired, canonical order),
+                                   eval_twin.npy (twin row inside the eval set, or -1),
+                                   eval_pool.npy (the pool of each row)
+
+Each run gets its own *deal* (`deal_task`): a task folder with the training files (hard links) and
+the eval set as images and captions in two fresh secret orders drawn from os.urandom, and a key
+apart. Nothing learned from one run's score about row positions says anything about the next run.
+
+    TASK/                          mounted read-only into the process as $AR_TASK_DIR
+        train_images.npy           uint8 [N, 3, S, S]
         train_tokens.npy           int64 [N, L]
         train_boxes.npy            float32 [N, M, 4]    normalised x1, y1, x2, y2
         train_box_valid.npy        bool [N, M]
         train_phrase_tokens.npy    int32 [N, M, L]
         train_twin.npy             int64 [N]            row of the twin inside the training set, or -1
-        eval_images.npy            uint8 [E, 3, S, S]   the eval pool in a secret order A
-        eval_tokens.npy            int64 [E, L]         the eval pool in an independent secret order B
-        task.json                  {format, fold, num_folds, split, n_train, n_eval, image_size,
-                                    context_length, data_fingerprint}
-    OUT/fold-<k>/key.npz           never mounted: image_pool[r] / text_pool[r] = the pool row of
-                                   eval row r; twin[p] = the twin of pool row p inside the pool, or -1
+        eval_images.npy            uint8 [E, 3, S, S]   every pool's images in a secret order A
+        eval_tokens.npy            int64 [E, L]         every pool's captions in an independent order B
+        task.json                  {format, fold, num_folds, num_pools, protocol, split, n_train,
+                                    n_eval, image_size, context_length, data_fingerprint}
+    KEY (.npz, never mounted)      image_pool[r] / text_pool[r] = the canonical row of eval row r;
+                                   twin[c] = the twin of canonical row c, or -1; pool[c] = its pool
 
-Nothing in task/ tells which eval image goes with which eval caption: no ids, no boxes or phrases
-or twins of the eval pool, and the orders come from os.urandom (a known seed would let anyone
-recompute the pairing from the two permutations). The build is atomic: a temp folder beside OUT
-renamed into place; an existing complete OUT built with the same settings is left as it is.
-Exit 0 with one JSON line (tasks.json plus "out"); exit 2 with one `error:` line on bad input.
+Nothing in the task tells which eval image goes with which caption, nor which rows share a pool.
+Builds are atomic: a temp folder beside OUT renamed into place; an existing complete OUT built with
+the same settings is left as it is. Exit 0 with one JSON line (tasks.json plus "out"); exit 2 with
+one `error:` line on bad input.
 """
 from __future__ import annotations
 
@@ -44,15 +65,25 @@ import numpy as np
 
 from .presets import CACHE_SIZE_BOUNDS
 
-FORMAT = 1
+FORMAT = 2
 MAX_FOLDS = 20
 SPLITS = ("val", "test")
-TASK_FILES = ("train_images.npy", "train_tokens.npy", "train_boxes.npy", "train_box_valid.npy",
-              "train_phrase_tokens.npy", "train_twin.npy", "eval_images.npy", "eval_tokens.npy", "task.json")
+PROTOCOLS = ("split", "kfold-pooled")
+LEAKY_PROTOCOLS = ("kfold-pooled",)
+POOL_SEED = 42          # fixed: every run is scored on the same pools (only the row orders are fresh)
+TRAIN_FILES = ("train_images.npy", "train_tokens.npy", "train_boxes.npy", "train_box_valid.npy",
+               "train_phrase_tokens.npy", "train_twin.npy")
+POOL_FILES = ("eval_images.npy", "eval_tokens.npy", "eval_twin.npy", "eval_pool.npy")
+TASK_FILES = (*TRAIN_FILES, "eval_images.npy", "eval_tokens.npy", "task.json")
 
 
 class TaskError(ValueError):
     """Bad input for a task build (the message says what and how to fix it)."""
+
+
+def processes(protocol: str, folds: int, split: str = "val") -> int:
+    """How many training processes a run of this protocol has (kfold-pooled: one per fold)."""
+    return folds if (protocol == "kfold-pooled" and split == "val") else 1
 
 
 def _secret_permutation(rng: np.random.Generator, n: int, avoid: np.ndarray | None = None) -> np.ndarray:
@@ -64,7 +95,11 @@ def _secret_permutation(rng: np.random.Generator, n: int, avoid: np.ndarray | No
             return p
 
 
-def _check(image_size: int, context_length: int, num_folds: int, split: str) -> None:
+def fresh_rng() -> np.random.Generator:
+    return np.random.default_rng(np.random.SeedSequence(int.from_bytes(os.urandom(32), "little")))
+
+
+def _check(image_size: int, context_length: int, num_folds: int, split: str, protocol: str) -> None:
     for name, v in (("image_size", image_size), ("context_length", context_length), ("folds", num_folds)):
         if isinstance(v, bool) or not isinstance(v, int):
             raise TaskError(f"{name} must be an integer, got {v!r}")
@@ -76,30 +111,24 @@ def _check(image_size: int, context_length: int, num_folds: int, split: str) -> 
         raise TaskError(f"folds {num_folds} is out of range (1 to {MAX_FOLDS})")
     if split not in SPLITS:
         raise TaskError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if protocol not in PROTOCOLS:
+        raise TaskError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
 
 
 def read_manifest(out_dir) -> dict | None:
-    """OUT/tasks.json if the build there is complete (every fold's task.json and key.npz), else None."""
+    """OUT/tasks.json if the build there is complete (every process's files), else None."""
     out = Path(out_dir)
     try:
         meta = json.loads((out / "tasks.json").read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(meta, dict) or not isinstance(meta.get("num_folds"), int):
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("num_folds"), int):
         return None
     for k in range(meta["num_folds"]):
         fold = out / f"fold-{k}"
-        if not (fold / "key.npz").is_file() or not all((fold / "task" / f).is_file() for f in TASK_FILES):
+        if not all((fold / f).is_file() for f in TRAIN_FILES) or not all((fold / "pool" / f).is_file() for f in POOL_FILES):
             return None
     return meta
-
-
-def task_dir(out_dir, fold: int) -> Path:
-    return Path(out_dir) / f"fold-{fold}" / "task"
-
-
-def key_path(out_dir, fold: int) -> Path:
-    return Path(out_dir) / f"fold-{fold}" / "key.npz"
 
 
 def _save(path: Path, arr, mode: int = 0o644) -> None:
@@ -108,46 +137,76 @@ def _save(path: Path, arr, mode: int = 0o644) -> None:
 
 
 def _twin_within(twin: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """For each row of the pool `rows`, the position of its twin inside the pool, or -1."""
+    """For each row of the set `rows`, the position of its twin inside the set, or -1."""
     pos = np.full(len(twin), -1, np.int64)
     pos[rows] = np.arange(len(rows))
     t = twin[rows]
     return np.where(t >= 0, pos[np.maximum(t, 0)], -1).astype(np.int64)
 
 
-def _write_fold(fold_dir: Path, train, train_rows: np.ndarray, pool, pool_rows: np.ndarray, info: dict,
-                rng: np.random.Generator) -> None:
-    tdir = fold_dir / "task"
-    tdir.mkdir(parents=True)
+def make_pools(twin: np.ndarray, rows: np.ndarray, k: int, seed: int = POOL_SEED) -> np.ndarray:
+    """The pool (0..k-1) of each of `rows`: twin groups shuffled with a fixed seed and dealt round-robin,
+    so pools differ in size by at most one group and a twin pair never straddles two pools."""
+    rows = np.asarray(rows, np.int64)
+    inside = _twin_within(np.asarray(twin, np.int64), rows)
+    group = np.where(inside >= 0, np.minimum(np.arange(len(rows)), inside), np.arange(len(rows)))
+    groups = np.unique(group)
+    order = np.random.default_rng(seed).permutation(groups)
+    pool_of_group = {int(g): i % k for i, g in enumerate(order)}
+    return np.array([pool_of_group[int(g)] for g in group], np.int64)
+
+
+def _write_fold(fold_dir: Path, train, train_rows: np.ndarray, pool_data, pool_rows: np.ndarray,
+                pool_ids: np.ndarray) -> None:
+    fold_dir.mkdir(parents=True)
     tr = train_rows
-    _save(tdir / "train_images.npy", train.images.numpy()[tr])
-    _save(tdir / "train_tokens.npy", train.tokens.numpy()[tr].astype(np.int64))
-    _save(tdir / "train_boxes.npy", train.boxes.numpy()[tr])
-    _save(tdir / "train_box_valid.npy", train.box_valid.numpy()[tr])
-    _save(tdir / "train_phrase_tokens.npy", train.phrase_tokens.numpy()[tr])
-    _save(tdir / "train_twin.npy", _twin_within(train.twin.numpy(), tr))
-    m = len(pool_rows)
-    a = _secret_permutation(rng, m)
-    b = _secret_permutation(rng, m, avoid=a)
-    _save(tdir / "eval_images.npy", pool.images.numpy()[pool_rows[a]])
-    _save(tdir / "eval_tokens.npy", pool.tokens.numpy()[pool_rows[b]].astype(np.int64))
-    (tdir / "task.json").write_text(json.dumps(info, indent=2) + "\n")
-    os.chmod(tdir / "task.json", 0o644)
-    np.savez(fold_dir / "key.npz", image_pool=a.astype(np.int64), text_pool=b.astype(np.int64),
-             twin=_twin_within(pool.twin.numpy(), pool_rows), pool_rows=pool_rows.astype(np.int64))
-    os.chmod(fold_dir / "key.npz", 0o600)
-    for d in (tdir, fold_dir):
-        os.chmod(d, 0o755)
+    _save(fold_dir / "train_images.npy", train.images.numpy()[tr])
+    _save(fold_dir / "train_tokens.npy", train.tokens.numpy()[tr].astype(np.int64))
+    _save(fold_dir / "train_boxes.npy", train.boxes.numpy()[tr])
+    _save(fold_dir / "train_box_valid.npy", train.box_valid.numpy()[tr])
+    _save(fold_dir / "train_phrase_tokens.npy", train.phrase_tokens.numpy()[tr])
+    _save(fold_dir / "train_twin.npy", _twin_within(train.twin.numpy(), tr))
+    # the canonical eval set, grouped by pool: paired, so never mounted anywhere
+    order = np.argsort(pool_ids, kind="stable")
+    rows, ids = pool_rows[order], pool_ids[order]
+    pdir = fold_dir / "pool"
+    pdir.mkdir(mode=0o700)
+    twin = _twin_within(pool_data.twin.numpy(), rows)
+    twin = np.where((twin >= 0) & (ids[np.maximum(twin, 0)] == ids), twin, -1)  # a twin counts inside its pool
+    _save(pdir / "eval_images.npy", pool_data.images.numpy()[rows], 0o600)
+    _save(pdir / "eval_tokens.npy", pool_data.tokens.numpy()[rows].astype(np.int64), 0o600)
+    _save(pdir / "eval_twin.npy", twin, 0o600)
+    _save(pdir / "eval_pool.npy", ids.astype(np.int64), 0o600)
+    os.chmod(fold_dir, 0o755)
+
+
+def _plan(data, test, num_folds: int, split: str, protocol: str):
+    """[(train rows, eval data, eval rows, global pool id of each eval row)] per process."""
+    from .data import make_folds  # import-graph: heavy (torch, only when building)
+    if split == "test":
+        return [(np.arange(len(data)), test, np.arange(len(test)), np.zeros(len(test), np.int64))]
+    if protocol == "kfold-pooled":
+        try:
+            folds = make_folds(data, num_folds)
+        except ValueError as e:
+            raise TaskError(str(e)) from None
+        return [(tr.numpy(), data, va.numpy(), np.full(len(va), k, np.int64)) for k, (tr, va) in enumerate(folds)]
+    split_col = data.split.numpy()
+    tr, va = np.nonzero(split_col == 0)[0], np.nonzero(split_col == 1)[0]
+    if len(va) == 0:
+        raise TaskError("the dataset has no val records: the split protocol scores on the validation pairs")
+    return [(tr, data, va, make_pools(data.twin.numpy(), va, num_folds))]
 
 
 def build_tasks(data_dir, cache_dir, *, image_size: int, context_length: int, num_folds: int, split: str = "val",
-                test_annotations=None, out_dir, log=print) -> dict:
+                protocol: str = "split", test_annotations=None, out_dir, log=print) -> dict:
     """Build OUT (see the module docstring) and return its tasks.json; a no-op if OUT is already
     complete with the same settings (TaskError if it holds a different build)."""
-    _check(image_size, context_length, num_folds, split)
+    _check(image_size, context_length, num_folds, split, protocol)
     out = Path(out_dir).expanduser().absolute()
-    want = {"split": split, "image_size": image_size, "context_length": context_length,
-            "num_folds": num_folds if split == "val" else 1}
+    pools = num_folds if split == "val" else 1
+    want = {"split": split, "protocol": protocol, "image_size": image_size, "context_length": context_length,
+            "num_folds": processes(protocol, num_folds, split), "num_pools": pools}
 
     def existing():
         meta = read_manifest(out)
@@ -164,37 +223,33 @@ def build_tasks(data_dir, cache_dir, *, image_size: int, context_length: int, nu
         log(f"tasks: {out} is complete, nothing to do")
         return meta
 
-    from .data import load_pairs, make_folds  # import-graph: heavy (torch, only when building)
+    from .data import load_pairs  # import-graph: heavy (torch, only when building)
     data = load_pairs(image_size, context_length, data_dir=data_dir, cache_dir=cache_dir, log=log)
-    if split == "val":
-        try:
-            plan = [(tr.numpy(), data, va.numpy()) for tr, va in make_folds(data, num_folds)]
-        except ValueError as e:
-            raise TaskError(str(e)) from None
-    else:
+    test = None
+    if split == "test":
         test = load_pairs(image_size, context_length, data_dir=data_dir, cache_dir=cache_dir, split="test",
                           annotations=test_annotations, log=log)
-        plan = [(np.arange(len(data)), test, np.arange(len(test)))]
-    for k, (tr, _, va) in enumerate(plan):
-        if len(va) < 2 or len(tr) < 1:
-            raise TaskError(f"fold {k}: {len(tr)} training and {len(va)} eval pairs; a fold needs >= 1 and >= 2 "
-                            f"(fewer folds, or a larger dataset)")
+    plan = _plan(data, test, num_folds, split, protocol)
+    for k, (tr, _, va, ids) in enumerate(plan):
+        wanted = range(pools) if (split == "val" and protocol == "split") else np.unique(ids)
+        sizes = [int((ids == p).sum()) for p in wanted]
+        if len(tr) < 1 or min(sizes) < 2:
+            raise TaskError(f"fold {k}: {len(tr)} training pairs and eval pools of {', '.join(map(str, sizes))}; "
+                            f"every process needs >= 1 training pair and every pool >= 2 (fewer folds, or a larger "
+                            f"dataset)")
 
-    rng = np.random.default_rng(np.random.SeedSequence(int.from_bytes(os.urandom(32), "little")))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        meta = {"format": FORMAT, **want, "data_fingerprint": data.fingerprint, "n_train": [], "n_eval": []}
-        if split == "test":
-            meta["test_fingerprint"] = plan[0][1].fingerprint
-        for k, (tr, pool, va) in enumerate(plan):
-            info = {"format": FORMAT, "fold": k, "num_folds": len(plan), "split": split, "n_train": len(tr),
-                    "n_eval": len(va), "image_size": image_size, "context_length": context_length,
-                    "data_fingerprint": data.fingerprint}
-            _write_fold(tmp / f"fold-{k}", data, tr, pool, va, info, rng)
+        meta = {"format": FORMAT, **want, "data_fingerprint": data.fingerprint, "n_train": [], "n_eval": [],
+                "pool_sizes": [int(sum((ids == p).sum() for *_, ids in plan)) for p in range(pools)]}
+        if test is not None:
+            meta["test_fingerprint"] = test.fingerprint
+        for k, (tr, pool_data, va, ids) in enumerate(plan):
+            _write_fold(tmp / f"fold-{k}", data, tr, pool_data, va, ids)
             meta["n_train"].append(len(tr))
             meta["n_eval"].append(len(va))
-            log(f"tasks: fold {k}: {len(tr)} training pairs, eval pool {len(va)}")
+            log(f"tasks: fold {k}: {len(tr)} training pairs, eval set {len(va)}")
         (tmp / "tasks.json").write_text(json.dumps(meta, indent=2) + "\n")
         os.chmod(tmp / "tasks.json", 0o644)
         os.chmod(tmp, 0o755)
@@ -213,19 +268,69 @@ def build_tasks(data_dir, cache_dir, *, image_size: int, context_length: int, nu
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"tasks: wrote {out} ({len(plan)} task(s), split {split})")
+    log(f"tasks: wrote {out} ({len(plan)} process(es), {pools} pool(s), protocol {protocol}, split {split})")
     return meta
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:                                # another filesystem: a copy
+        shutil.copyfile(src, dst)
+        os.chmod(dst, 0o644)
+
+
+def deal_task(build_dir, fold: int, task_out, key_out, rng: np.random.Generator | None = None) -> dict:
+    """One run's task folder for process `fold` of a complete build: the training files linked, the
+    eval set in two fresh secret orders; the key (the only pairing) written to `key_out` (0600).
+    Returns the task.json written."""
+    build = Path(build_dir)
+    meta = read_manifest(build)
+    if meta is None:
+        raise TaskError(f"{build} is not a complete task build")
+    if not 0 <= fold < meta["num_folds"]:
+        raise TaskError(f"fold {fold} is out of range (the build has {meta['num_folds']})")
+    rng = rng if rng is not None else fresh_rng()
+    src = build / f"fold-{fold}"
+    task = Path(task_out)
+    task.mkdir(parents=True)
+    for name in TRAIN_FILES:
+        _link_or_copy(src / name, task / name)
+    pool = src / "pool"
+    images = np.load(pool / "eval_images.npy", mmap_mode="r", allow_pickle=False)
+    tokens = np.load(pool / "eval_tokens.npy", mmap_mode="r", allow_pickle=False)
+    m = len(tokens)
+    a = _secret_permutation(rng, m)
+    b = _secret_permutation(rng, m, avoid=a)
+    _save(task / "eval_images.npy", images[a])
+    _save(task / "eval_tokens.npy", tokens[b])
+    info = {"format": FORMAT, "fold": fold, "num_folds": meta["num_folds"], "num_pools": meta["num_pools"],
+            "protocol": meta["protocol"], "split": meta["split"], "n_train": meta["n_train"][fold], "n_eval": m,
+            "image_size": meta["image_size"], "context_length": meta["context_length"],
+            "data_fingerprint": meta["data_fingerprint"]}
+    (task / "task.json").write_text(json.dumps(info, indent=2) + "\n")
+    os.chmod(task / "task.json", 0o644)
+    os.chmod(task, 0o755)
+    key = Path(key_out)
+    key.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, image_pool=a.astype(np.int64), text_pool=b.astype(np.int64),
+                 twin=np.load(pool / "eval_twin.npy", allow_pickle=False),
+                 pool=np.load(pool / "eval_pool.npy", allow_pickle=False))
+    return info
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m model.tasks", description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="build the per-fold task folders and keys")
+    b = sub.add_parser("build", help="build the cached task data (never mounted into a run)")
     b.add_argument("--data", required=True, help="dataset root")
     b.add_argument("--cache-dir", default=None, help="extra tensor-cache folder (as model.prepare --cache-dir)")
     b.add_argument("--image-size", type=int, required=True)
     b.add_argument("--context-length", type=int, required=True)
-    b.add_argument("--folds", type=int, default=1, help="k of the fold protocol (split val; test builds one task)")
+    b.add_argument("--folds", type=int, default=1, help="eval pools (split) or folds (kfold-pooled); test: one")
+    b.add_argument("--protocol", default="split", choices=PROTOCOLS)
     b.add_argument("--split", default="val", choices=SPLITS)
     b.add_argument("--test-annotations", default=None, help="test .jsonl (default: the manifest's)")
     b.add_argument("--out", required=True)
@@ -233,8 +338,8 @@ def main(argv=None) -> int:
     log = lambda *m: print(*m, file=sys.stderr, flush=True)  # noqa: E731  (stdout: the JSON line only)
     try:
         meta = build_tasks(a.data, a.cache_dir, image_size=a.image_size, context_length=a.context_length,
-                           num_folds=a.folds, split=a.split, test_annotations=a.test_annotations, out_dir=a.out,
-                           log=log)
+                           num_folds=a.folds, split=a.split, protocol=a.protocol,
+                           test_annotations=a.test_annotations, out_dir=a.out, log=log)
     except (ValueError, OSError) as e:  # TaskError, ODVGError, make_folds
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -270,6 +270,10 @@ def bwrap_args(policy: SandboxPolicy, bwrap: str, gpu: list[str], launcher_exe: 
         if os.path.exists(p):
             add(p, ["--ro-bind", p, p])
     add(str(policy.run_dir), ["--bind", str(policy.run_dir), str(policy.run_dir)])
+    for m in policy.masked:  # an empty, traversable view: the grants beneath are bound back (deeper, later)
+        ms = str(m)
+        if os.path.isdir(ms) and not os.path.islink(ms):
+            add(ms, ["--perms", "0755", "--size", str(1 << 20), "--tmpfs", ms])
     for h in policy.hidden:
         hs = str(h)
         if os.path.isdir(hs) and not os.path.islink(hs):
@@ -290,7 +294,7 @@ def landlock_rules(policy: SandboxPolicy, gpu: list[str], launcher_exe: str) -> 
     /tmp, /var/tmp, /run, /dev), read/exec of the interpreter/code/data, full access to run_dir,
     a few device files, GPU nodes. Landlock cannot subtract, so a granted directory that contains
     a hidden path is replaced by its other children (recursively)."""
-    hidden = [str(h) for h in policy.hidden] + home_dirs() + ["/tmp", "/var/tmp", "/run", "/dev"]
+    hidden = [str(h) for h in [*policy.hidden, *policy.masked]] + home_dirs() + ["/tmp", "/var/tmp", "/run", "/dev"]
     hidden = [os.path.realpath(h) for h in hidden if os.path.lexists(h)]
     hidden_set = set(hidden)
     policy_hidden = {os.path.realpath(str(h)) for h in policy.hidden}

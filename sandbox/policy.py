@@ -44,6 +44,9 @@ class SandboxPolicy:
     run_dir: Path
     read_only: Sequence[Path] = ()
     hidden: Sequence[Path] = ()
+    # folders shown empty: only what read_only / run_dir grant beneath them appears (bwrap: an empty
+    # tmpfs with the grants bound back; landlock: not granted, like hidden; none: not enforced)
+    masked: Sequence[Path] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     network: bool = False
     limits: Limits = field(default_factory=Limits)
@@ -58,6 +61,7 @@ class SandboxPolicy:
         self.run_dir = Path(os.path.abspath(self.run_dir))
         self.read_only = [Path(os.path.abspath(p)) for p in self.read_only]
         self.hidden = [Path(os.path.abspath(p)) for p in self.hidden]
+        self.masked = [Path(os.path.abspath(p)) for p in self.masked]
         self.env = {str(k): str(v) for k, v in dict(self.env).items()}
         if self.min_backend not in BACKEND_ORDER:
             raise ValueError(f"min_backend must be one of {BACKEND_ORDER}, not {self.min_backend!r}")

@@ -260,7 +260,7 @@ def _observe(lab: Lab, exp_id: int) -> tuple[RunSummary, float, float, str]:
     exp = lab.experiment(exp_id)
     cfg = lab.config
     eclip = cfg.scorer == "eclip"
-    procs = cfg.folds if eclip else 1
+    procs = cfg.processes if eclip else 1
     bound = float(exp["time_budget_s"] or cfg.time_budget_s) + procs * cfg.timeout_grace_s + \
         (0.0 if eclip else cfg.scorer_timeout_s)
     started = exp["started_at"]
@@ -280,8 +280,8 @@ def _observe(lab: Lab, exp_id: int) -> tuple[RunSummary, float, float, str]:
             except OSError:
                 pass
         folds = fold_dirs(run_dir)
-        if folds and cfg.folds > 1:
-            parts.append(f"fold {len(folds)}/{cfg.folds}")
+        if folds and cfg.processes > 1:
+            parts.append(f"fold {len(folds)}/{cfg.processes}")
     p = latest_progress(run_dir)
     if p.step is not None:
         parts.append(f"step {p.step}")

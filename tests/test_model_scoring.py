@@ -14,6 +14,13 @@ ROOT = Path(__file__).resolve().parents[1]
 N, D = 12, 5
 
 
+def _one(fold) -> dict:
+    """The metrics of a one-pool key (score_fold returns one dict per pool)."""
+    pools = score_fold(fold["run"], fold["key"])
+    assert [p["pool"] for p in pools] == [0]
+    return {k: v for k, v in pools[0].items() if k != "pool"}
+
+
 def test_import_without_torch():
     code = ("import sys, model.scoring; "
             "assert 'torch' not in sys.modules, 'torch imported'; print('ok')")
@@ -44,17 +51,17 @@ def _write(fold, img=None, txt=None):
 
 def test_score_fold_unpermutes_with_the_key(fold):
     _write(fold)
-    got = score_fold(fold["run"], fold["key"])
+    got = _one(fold)
     assert got == retrieval_metrics(fold["img"], fold["txt"], fold["twin"])
     assert got["n_val"] == N and got["random_mean_rank"] == (N - 1) / 2 and 0 <= got["twin_acc"] <= 1
     assert got["mean_rank"] < (N - 1) / 2                   # correlated pairs rank better than chance
     # the same embeddings in the unshuffled order score like noise: the order is what pairs them
     _write(fold, img=fold["img"], txt=fold["txt"])
-    assert score_fold(fold["run"], fold["key"])["mean_rank"] != got["mean_rank"]
+    assert _one(fold)["mean_rank"] != got["mean_rank"]
     # float16 / float64 / Fortran order are accepted (read as float32)
     _write(fold, img=np.asfortranarray(fold["img"][fold["a"]].astype(np.float64)),
            txt=fold["txt"][fold["b"]].astype(np.float16))
-    m = score_fold(fold["run"], fold["key"])
+    m = _one(fold)
     assert m["n_val"] == N and abs(m["mean_rank"] - got["mean_rank"]) <= 1.0
 
 
@@ -135,18 +142,18 @@ def test_malformed_embeddings_fail_clearly(fold, case, msg):
         ipath.unlink()
         os.mkfifo(ipath)
     with pytest.raises(ScoringError) as e:
-        score_fold(fold["run"], fold["key"])
+        _one(fold)
     assert msg in str(e.value), str(e.value)
     assert "Fix:" in str(e.value)
 
 
 def test_collapsed_and_perfect(fold):
     _write(fold, img=np.ones((N, D), np.float32), txt=np.ones((N, D), np.float32))
-    m = score_fold(fold["run"], fold["key"])
+    m = _one(fold)
     assert m["mean_rank"] == (N - 1) / 2 and m["twin_acc"] == 0.5
     eye = np.eye(N, dtype=np.float32)
     _write(fold, img=eye[fold["a"]], txt=eye[fold["b"]])
-    m = score_fold(fold["run"], fold["key"])
+    m = _one(fold)
     assert m["mean_rank"] == 0 and m["i2t_r1"] == 1 and m["t2i_r1"] == 1 and m["twin_acc"] == 1
     s = summarize([m, m])
     assert s["objective"] == 0 and s["mean_rank_std"] == 0 and len(s["folds"]) == 2

@@ -78,19 +78,23 @@ def calibrate(lab: Lab, on_line=print) -> Calibration | None:
     cores = max(1, len(__import__("os").sched_getaffinity(0)))
     tried: dict[int, float] = {}
     overheads: dict[int, float] = {}
-    for threads in sorted({cores, 1}, reverse=True):
-        m = _measure(lab, code_dir, work / f"run-{threads}", tasks / "fold-0" / "task", threads)
-        if m is not None:
-            tried[threads], overheads[threads] = m
-            on_line(f"  {threads} thread(s): {m[0]:.3f} s/step")
-    shutil.rmtree(work, ignore_errors=True)
+    try:
+        task = datacache.deal_run(lab, tasks, "calibration")[0][0]
+        for threads in sorted({cores, 1}, reverse=True):
+            m = _measure(lab, code_dir, work / f"run-{threads}", task, threads)
+            if m is not None:
+                tried[threads], overheads[threads] = m
+                on_line(f"  {threads} thread(s): {m[0]:.3f} s/step")
+    finally:
+        datacache.discard_deal(lab, "calibration")
+        shutil.rmtree(work, ignore_errors=True)
     if not tried:
         on_line("calibration failed: the measuring run did not finish (see .autoresearch/calibration.log); "
                 "time_budget_s left as the preset's")
         return None
     threads = min(tried, key=tried.get)
     per_step = tried[threads]
-    folds = lab.config.folds
+    folds = lab.config.processes
     need = per_step * max_steps * folds
     budget = float(max(lab.config.time_budget_s, math.ceil(HEADROOM * need)))
     fits = budget <= lab.config.max_time_budget_s

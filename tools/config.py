@@ -120,8 +120,12 @@ class WorkspaceConfig(BaseModel):
     threads: Annotated[int, Field(ge=1, le=512)] | Literal["auto"] = Field(
         "auto", description="CPU threads per run (torch, OpenMP, MKL); auto: the cores / the concurrent slots")
     gpus: list[int] | None = Field(None, description="GPU indices to hand out; None: every /dev/nvidiaN present")
-    folds: int = Field(1, ge=1, le=20, description="k of the fold protocol (the harness's, not train.py's): "
-                                                   "one sandboxed process per fold")
+    folds: int = Field(1, ge=1, le=20, description="k of the protocol (the harness's, not train.py's): eval pools "
+                                                   "of the split protocol, folds of kfold-pooled")
+    protocol: Literal["split", "kfold-pooled"] = Field(
+        "split", description="split (leak-free): train on the training split, score on k disjoint pools of the "
+                             "validation pairs; kfold-pooled (LEAKY, the seed's): k folds over pooled train+val, "
+                             "each fold trains on the other folds' eval pairs; only to compare with the seed")
     scorer: Literal["eclip"] | Annotated[list[str], Field(min_length=1, max_length=20)] = Field(
         "eclip", description='"eclip": the harness scores the embeddings each fold hands back; or the argv of this '
                              "workspace's own frozen scorer (e.g. [\"python\", \"score.py\"]), run in the sandbox "
@@ -148,6 +152,16 @@ class WorkspaceConfig(BaseModel):
                              "ray: one Ray job per experiment (the [ray] table; pip install 'eclip-autoresearch[ray]')")
     slurm: SlurmConfig = Field(default_factory=SlurmConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
+
+    @property
+    def processes(self) -> int:
+        """Sandboxed training processes per eCLIP run: one, but one per fold under kfold-pooled."""
+        return self.folds if self.protocol == "kfold-pooled" else 1
+
+    @property
+    def leaky(self) -> bool:
+        """The protocol hands eval pairs of one fold to another fold's training (kfold-pooled, folds > 1)."""
+        return self.protocol == "kfold-pooled" and self.folds > 1 and self.scorer == "eclip"
 
     @property
     def jobs(self) -> "SlurmConfig | RayConfig":
@@ -237,7 +251,7 @@ def _toml_value(v) -> str:
 
 
 def render_config(*, name: str, data: str, test_annotations: str | None, time_budget_s: float,
-                  folds: int = 1, scorer: str | list[str] = "eclip", baseline_seeds: int = 2,
+                  folds: int = 1, protocol: str = "split", scorer: str | list[str] = "eclip", baseline_seeds: int = 2,
                   memory_limit_gb: float | None = None, search_space_toml: str = "") -> str:
     memory_limit_gb = memory_limit_gb or default_memory_limit_gb()
     """The autoresearch.toml that `init` writes (commented, for people)."""
@@ -248,7 +262,8 @@ editable = ["train.py"]            # the only files the agent edits; snapshotted
 command = ["python", "train.py"]   # 'python' = the interpreter autoresearch is installed in
 objective = "objective"            # the key of the scorer's result that is optimised
 scorer = {_toml_value(scorer)}{" " * max(1, 18 - len(_toml_value(scorer)))}# "eclip": the harness scores each fold's embeddings; or your own frozen scorer's argv
-folds = {folds}                          # k of the fold protocol: one sandboxed process per fold (train.py cannot change it)
+folds = {folds}                          # k of the protocol: eval pools (split) or folds (kfold-pooled); train.py cannot change it
+protocol = "{protocol}"               # split: train on train, score on k disjoint val pools (leak-free) | kfold-pooled: the seed's, LEAKY
 direction = "minimize"
 time_budget_s = {time_budget_s:g}            # default training budget per experiment
 max_time_budget_s = 3600

@@ -1,13 +1,17 @@
 """The data a run trains and is scored on, prepared by trusted code before it starts.
 
 For the eCLIP scorer the supervisor builds, outside the sandbox with the installed harness
-(`python -P -m model.tasks build ...`), one task folder per fold of the workspace's protocol at
-the snapshot's IMAGE_SIZE / CONTEXT_LENGTH: the fold's training pairs and its eval pool as
-images and captions in two secret orders, with the pairing (key.npz) kept apart. Only two bounded
-integers are taken from the snapshot. A build is reused by every later run with the same sizes,
-folds and annotation files (size and mtime); it also fills the tensor cache (`cache_dir`) that
-makes it fast. Runs see only their own fold's task folder, read-only; the dataset, the cache, the
-other folds and the keys are hidden. The build's time is not charged to the run's budget.
+(`python -P -m model.tasks build ...`), the workspace's protocol at the snapshot's IMAGE_SIZE /
+CONTEXT_LENGTH: each process's training pairs and the eval pools, decoded and resized, in their
+canonical (paired) order. Only two bounded integers are taken from the snapshot. A build is reused
+by every later run with the same sizes, protocol and annotation files (size and mtime); it also
+fills the tensor cache (`cache_dir`). The build's time is not charged to the run's budget, and no
+run ever sees a build.
+
+Each run then gets its own deal (`deal_run`, model.tasks.deal_task): a task folder per process with
+the eval set in two fresh secret orders, and a key per process under .autoresearch/keys/ (0600)
+that exists only while the run is in flight: `discard_deal` removes both once the run is scored or
+has ended otherwise. A run sees only its own task folder, read-only.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +29,7 @@ from pathlib import Path
 from model.constants import parse_constants
 from model.odvg import ODVGError, resolve_dataset  # torch-free
 from model.presets import CACHE_SIZE_BOUNDS
+from model.tasks import TaskError, deal_task, read_manifest  # numpy only
 from tools.lab import Lab
 
 CACHE_SUBDIR = "cache"
@@ -70,10 +77,52 @@ def tasks_root(lab: Lab) -> Path:
     return lab.state_dir / TASKS_SUBDIR
 
 
+KEYS_SUBDIR = "keys"
+LIVE_SUBDIR = "live"
+
+
+def keys_root(lab: Lab) -> Path:
+    """The keys of the runs in flight (one folder per run; hidden from runs, denied to agents)."""
+    return lab.state_dir / KEYS_SUBDIR
+
+
 def _build_dir(lab: Lab, sizes: tuple[int, int], split: str, sig: dict) -> Path:
-    folds = lab.config.folds if split == "val" else 1
+    cfg = lab.config
+    folds = cfg.folds if split == "val" else 1
+    protocol = cfg.protocol if split == "val" else "split"
     digest = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
-    return tasks_root(lab) / f"{split}-{sizes[0]}px-tok{sizes[1]}-k{folds}-{digest}"
+    return tasks_root(lab) / f"{split}-{sizes[0]}px-tok{sizes[1]}-{protocol}{folds}-{digest}"
+
+
+def deal_run(lab: Lab, build: Path, label: str) -> list[tuple[Path, Path]]:
+    """A fresh deal of `build` for one run (label: its id): [(task folder, key)] per process. Fresh
+    secret orders every time; an older deal of the same label is discarded first."""
+    discard_deal(lab, label)
+    meta = read_manifest(build)
+    if meta is None:
+        raise TaskError(f"{build} is not a complete task build")
+    keys = keys_root(lab) / label
+    keys.mkdir(parents=True, mode=0o700)
+    os.chmod(keys_root(lab), 0o700)
+    out = []
+    for k in range(meta["num_folds"]):
+        task, key = tasks_root(lab) / LIVE_SUBDIR / label / f"fold-{k}", keys / f"fold-{k}.npz"
+        deal_task(build, k, task, key)
+        out.append((task, key))
+    return out
+
+
+def dealt_keys(lab: Lab, label: str) -> list[Path]:
+    """The keys of a run's deal, in process order ([] when there is none)."""
+    keys = keys_root(lab) / label
+    found = sorted(keys.glob("fold-*.npz"), key=lambda p: int(p.stem.split("-")[1])) if keys.is_dir() else []
+    return found
+
+
+def discard_deal(lab: Lab, label: str) -> None:
+    """Remove a run's task folders and keys (after scoring, or when it ended unscored)."""
+    for d in (keys_root(lab) / label, tasks_root(lab) / LIVE_SUBDIR / label):
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _task_signature(lab: Lab, split: str) -> dict | None:
@@ -92,7 +141,7 @@ def built_tasks(lab: Lab, sizes: tuple[int, int], *, split: str = "val") -> Path
     """The complete task build for these sizes (None when there is none): the scorer's keys."""
     sig = _task_signature(lab, split)
     out = _build_dir(lab, sizes, split, sig) if sig is not None else None
-    return out if out is not None and (out / "tasks.json").is_file() else None
+    return out if out is not None and read_manifest(out) is not None else None
 
 
 def ensure_tasks(lab: Lab, sizes: tuple[int, int], *, split: str, log_path: Path, should_cancel=lambda: False,
@@ -109,22 +158,23 @@ def ensure_tasks(lab: Lab, sizes: tuple[int, int], *, split: str, log_path: Path
     if sig is None:
         return None, f"no dataset layout under {data}"
     folds = lab.config.folds if split == "val" else 1
+    protocol = lab.config.protocol if split == "val" else "split"
     out = _build_dir(lab, sizes, split, sig)
-    what = f"{sizes[0]} px, context {sizes[1]}, {folds} fold(s), {split}"
-    if (out / "tasks.json").is_file():
+    what = f"{sizes[0]} px, context {sizes[1]}, {protocol} protocol, k = {folds}, {split}"
+    if read_manifest(out) is not None:
         return out, f"ready ({what})"
     cdir = cache_dir(lab)
     cdir.mkdir(parents=True, exist_ok=True)
     tasks_root(lab).mkdir(parents=True, exist_ok=True)
     with open(tasks_root(lab) / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # two supervisors asking for one build make it once
-        if (out / "tasks.json").is_file():
+        if read_manifest(out) is not None:
             return out, f"ready ({what})"
         on_build(f"building the tasks ({what}) before the run starts")
         t0 = time.monotonic()
         argv = [sys.executable, "-P", "-m", "model.tasks", "build", "--data", str(data), "--cache-dir", str(cdir),
                 "--image-size", str(sizes[0]), "--context-length", str(sizes[1]), "--folds", str(folds),
-                "--split", split, "--out", str(out)]
+                "--protocol", protocol, "--split", split, "--out", str(out)]
         if test is not None:
             argv += ["--test-annotations", str(test)]
         with open(log_path, "ab") as log:
@@ -136,7 +186,7 @@ def ensure_tasks(lab: Lab, sizes: tuple[int, int], *, split: str, log_path: Path
                     proc.wait()
                     return None, "not built (cancelled or over time)"
                 time.sleep(0.2)
-        if proc.returncode != 0 or not (out / "tasks.json").is_file():
+        if proc.returncode != 0 or read_manifest(out) is None:
             tail = log_path.read_bytes()[-600:].decode(errors="replace").strip().splitlines()
             return None, f"not built (model.tasks exit {proc.returncode}: {tail[-1] if tail else 'no output'})"
         return out, f"built ({what}) in {time.monotonic() - t0:.1f} s"

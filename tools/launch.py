@@ -11,7 +11,7 @@ from pathlib import Path
 from sandbox import Limits, SandboxPolicy, launch
 
 from tools.config import gpu_slots, threads_per_run
-from tools.datacache import cache_dir, tasks_root
+from tools.datacache import cache_dir, keys_root, tasks_root
 from tools.guard import TEST_RUNS, hidden_for_agent_runs
 from tools.lab import Lab, harness_dir
 
@@ -25,20 +25,21 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     """The SandboxPolicy of one process of an experiment: the single place that decides what a run
     may touch. `run_dir` is the only writable folder.
 
-    - An eCLIP fold (`task_dir`): reads its own fold's task folder only; the dataset, the tensor
-      cache, the other folds and the keys are hidden, so no pairing of its eval pool is readable.
+    - Every process: the workspace root and its .autoresearch/ are shown empty (masked), so only the
+      grants below appear: its run dir (rw), its code snapshot, the harness, human-listed read_only paths.
+    - An eCLIP process (`task_dir`): reads its own task folder of this run only; the dataset, the
+      tensor cache, every build, other runs' deals and every key are out of sight.
     - A workspace-scored run: reads the dataset (without the held-out split) read-only.
     - The workspace scorer (`argv`, `outputs_dir`): reads the run's outputs read-only.
     """
     cfg = lab.config
     budget = float(budget_s if budget_s is not None else (exp["time_budget_s"] or cfg.time_budget_s))
     env = {"AR_RUN_DIR": str(run_dir), "AR_TIME_BUDGET_S": f"{budget:g}", "AR_EXPERIMENT_ID": str(exp["id"]),
-           "AR_NUM_FOLDS": str(cfg.folds), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+           "AR_NUM_FOLDS": str(cfg.processes), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     threads = str(threads_per_run(cfg))  # explicit: oversubscribed threads are the slowest thing on a busy box
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, AR_THREADS=threads)
     read_only = [code_dir]
-    hidden = [lab.root / ".git", lab.store.path, Path(str(lab.store.path) + "-wal"), Path(str(lab.store.path) + "-shm")]
-    hidden += hidden_for_agent_runs(lab)  # the held-out split (its heldout/ folder) and the test runs
+    hidden = hidden_for_agent_runs(lab)  # the held-out split (its heldout/ folder) and the test runs
     if split == "test":  # a test evaluation's own folder lives among the test runs
         hidden = [h for h in hidden if h != lab.state_dir / TEST_RUNS]
     data = lab.data_dir()
@@ -46,7 +47,6 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
         env.update(AR_TASK_DIR=str(task_dir), AR_FOLD=str(fold or 0))
         read_only.append(task_dir)
         hidden += [p for p in (data, cache_dir(lab)) if p is not None]
-        hidden += _around(task_dir, tasks_root(lab))
     else:
         env["AR_EVAL_SPLIT"] = split
         if data is not None:
@@ -56,7 +56,6 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
         if data is not None and cache.is_dir():  # built by trusted code; read-only for runs
             env["AR_CACHE_DIR"] = str(cache)
             read_only.append(cache)
-        hidden.append(tasks_root(lab))
     if outputs_dir is not None:
         env["AR_OUTPUTS_DIR"] = str(outputs_dir)
         read_only.append(outputs_dir)
@@ -66,6 +65,15 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     if harness is not None:
         read_only.append(harness)
     read_only += [lab.resolve(p) for p in cfg.read_only]
+    # The workspace and its state are shown empty, wherever they live, on every backend: a run sees
+    # only what is granted beneath them (its run dir, its snapshot, its own task folder, the paths a
+    # human listed), never other runs, other folds, builds, keys, the DB, optuna.db or the token.
+    grants = [run_dir, *read_only]
+    masked = [m for m in (lab.root, lab.state_dir) if m.is_dir() and not any(_under(m, g) for g in grants)]
+    secrets = [lab.root / ".git", lab.store.path, Path(str(lab.store.path) + "-wal"),
+               Path(str(lab.store.path) + "-shm"), tasks_root(lab), keys_root(lab)]
+    hidden += [p for p in secrets if not any(_under(p, m) for m in masked)]  # a human granted a folder above
+    hidden = [h for h in hidden if not any(_under(h, m) for m in masked) or any(_under(h, g) for g in grants)]
     limits = Limits(wall_seconds=budget + cfg.timeout_grace_s, max_processes=cfg.max_processes,
                     memory_bytes=int(cfg.memory_limit_gb * 2**30) if cfg.memory_limit_gb else None)
     gpus = gpu_slots(cfg)
@@ -75,20 +83,12 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
         gpu = [gpus[(slot * per + i) % len(gpus)] for i in range(min(per, len(gpus)))]
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpu))
     return SandboxPolicy(argv=argv or lab.command_argv(), cwd=code_dir, run_dir=run_dir, read_only=read_only,
-                         hidden=[h for h in hidden if h.exists()], env=env, network=cfg.network, limits=limits,
-                         gpu=gpu, min_backend=BACKEND_FLOOR[cfg.sandbox])
+                         hidden=[h for h in hidden if h.exists()], masked=masked, env=env, network=cfg.network,
+                         limits=limits, gpu=gpu, min_backend=BACKEND_FLOOR[cfg.sandbox])
 
 
-def _around(task_dir: Path, root: Path) -> list[Path]:
-    """Everything under the tasks root but `task_dir` itself: other builds, other folds, every key.
-    (Hidden one by one, not as the root: a masked parent would make the task folder untraversable.)"""
-    out, keep = [], Path(task_dir)
-    for level in [root, *reversed(keep.relative_to(root).parents[:-1])]:
-        here = level if level == root else root / level
-        for child in here.iterdir() if here.is_dir() else []:
-            if child != keep and child not in keep.parents and not child.name.startswith(".lock"):
-                out.append(child)
-    return out
+def _under(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
 
 
 def launch_sandboxed(lab: Lab, policy: SandboxPolicy):

@@ -187,37 +187,50 @@ def wait_run(lab: Lab, exp_id: int | None, policy, should_cancel, outcome: Outco
 
 
 def _run_folds(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, should_cancel, slot: int) -> Outcome:
-    """eCLIP: one sandboxed process per fold, each seeing only its fold's task folder."""
+    """eCLIP: a fresh deal of the task build for this run, then one sandboxed process per training
+    process of the protocol (one; one per fold under kfold-pooled), each seeing only its task folder."""
     outcome = Outcome()
-    tasks, problem = prepare_tasks(lab, code_dir, run_dir, should_cancel)
-    if tasks is None:
+    dealt, problem = prepare_tasks(lab, code_dir, run_dir, should_cancel, label=str(exp["id"]))
+    if dealt is None:
         outcome.status, outcome.error = "failed", problem
         return outcome
-    folds = lab.config.folds
-    share = float(exp["time_budget_s"] or lab.config.time_budget_s) / folds
-    for k in range(folds):
+    share = float(exp["time_budget_s"] or lab.config.time_budget_s) / len(dealt)
+    for k, (task, _key) in enumerate(dealt):
         fold_dir = run_dir / f"fold-{k}"
         fold_dir.mkdir(exist_ok=True)
-        policy = sandbox_policy(lab, exp, fold_dir, code_dir, slot, task_dir=tasks / f"fold-{k}" / "task", fold=k,
-                                budget_s=share)
-        if not wait_run(lab, exp["id"], policy, should_cancel, outcome, f"fold {k}" if folds > 1 else "the run"):
+        policy = sandbox_policy(lab, exp, fold_dir, code_dir, slot, task_dir=task, fold=k, budget_s=share)
+        if not wait_run(lab, exp["id"], policy, should_cancel, outcome, f"fold {k}" if len(dealt) > 1 else "the run"):
             break
     return outcome
 
 
-def prepare_tasks(lab: Lab, code_dir: Path, run_dir: Path, should_cancel, split: str = "val"):
-    """(the task build this snapshot needs, None) or (None, why not); experiment_status shows the progress."""
+def prepare_tasks(lab: Lab, code_dir: Path, run_dir: Path, should_cancel, split: str = "val", *, label: str):
+    """(this run's deal of the task build its snapshot needs: [(task folder, key)], None) or (None, why
+    not); experiment_status shows the progress."""
     script = main_file(lab) or "train.py"
     sizes = datacache.requested_sizes(code_dir / script)
     if sizes is None:
-        return None, (f"{script} must set IMAGE_SIZE and CONTEXT_LENGTH as integer literals at the top "
-                      "(the harness builds each fold's data at that size before the run). Fix: e.g. IMAGE_SIZE = 64, "
-                      "CONTEXT_LENGTH = 48")
+        return None, sizes_problem(code_dir / script)
     tasks, line = datacache.ensure_tasks(lab, sizes, split=split, log_path=run_dir / "tasks.log",
                                          should_cancel=should_cancel,
                                          on_build=lambda text: write_cache_status(run_dir, text))
     write_cache_status(run_dir, line)
-    return tasks, (None if tasks is not None else f"the harness could not prepare the data: {line}")
+    if tasks is None:
+        return None, f"the harness could not prepare the data: {line}"
+    return datacache.deal_run(lab, tasks, label), None
+
+
+def sizes_problem(script: Path) -> str:
+    """Why IMAGE_SIZE / CONTEXT_LENGTH could not be read from the snapshot's script (a syntax error is named)."""
+    try:
+        compile(script.read_bytes(), script.name, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        return (f"{script.name} does not parse: SyntaxError: {exc.msg} (line {exc.lineno}). Fix the syntax and "
+                "run again")
+    except (OSError, ValueError) as exc:
+        return f"{script.name} cannot be read ({exc}). Fix: revert('best') to restore it"
+    return (f"{script.name} must set IMAGE_SIZE and CONTEXT_LENGTH as integer literals at the top (the harness "
+            "builds the data at that size before the run). Fix: e.g. IMAGE_SIZE = 64, CONTEXT_LENGTH = 48")
 
 
 def _run_sandboxed(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, should_cancel, slot: int) -> Outcome:
@@ -252,11 +265,11 @@ def score(lab: Lab, exp_id: int) -> dict:
     """The trusted score of a finished run (ScoreError when its outputs cannot be scored)."""
     run_dir = lab.run_dir(exp_id)
     if lab.config.scorer == "eclip":
-        sizes = datacache.requested_sizes(run_dir / "code" / (main_file(lab) or "train.py"))
-        tasks = datacache.built_tasks(lab, sizes) if sizes else None
-        if tasks is None:
-            raise ScoreError("the run's task build is gone; it cannot be scored. Fix: rerun the experiment")
-        return score_eclip(run_dir, tasks, lab.config.folds)
+        keys = datacache.dealt_keys(lab, str(exp_id))
+        if not keys:
+            raise ScoreError("the run's key is gone (keys live only while a run is in flight), so its embeddings "
+                             "cannot be scored. Fix: rerun the experiment")
+        return score_eclip(run_dir, keys, protocol=lab.config.protocol)
     return parse_command_score(lab.score_dir(exp_id) / "stdout.log", lab.config.objective)
 
 
@@ -383,6 +396,7 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
             except Exception as exc:  # the ref is a convenience (revert('best') reads the store)
                 print(f"autoresearch: could not move {BEST_REF}: {exc}", file=sys.stderr)
     _prune_checkpoints(lab, exp_id, kept=bool(fields.get("kept")))
+    datacache.discard_deal(lab, str(exp_id))  # recorded: the key's work is done (and it lived only in flight)
     if updated:
         hpo.after_run(lab, exp_id)  # tell the Optuna study (never raises)
 
@@ -488,7 +502,7 @@ def job_time_limit_s(lab: Lab, exp: dict) -> float:
     plus the [slurm] margin (task builds, interpreter start, the node's file system)."""
     cfg = lab.config
     budget = float(exp["time_budget_s"] or cfg.time_budget_s)
-    processes = cfg.folds if cfg.scorer == "eclip" else 1
+    processes = cfg.processes if cfg.scorer == "eclip" else 1
     total = budget + processes * cfg.timeout_grace_s
     if cfg.scorer != "eclip":
         total += cfg.scorer_timeout_s + cfg.timeout_grace_s

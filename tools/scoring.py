@@ -17,13 +17,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from model import scoring as protocol
+from model import scoring as scorer
 from tools.rundir import RunFileError, loads_bounded, number, read_tail
 
 # names that only the scorer may set; a run's metrics.json claiming one is an integrity event
-SCORE_KEYS = {"objective", "objective_std", "objective_name", "direction", "mean_rank", "mean_rank_std",
+SCORE_KEYS = {"objective", "protocol", "objective_std", "objective_name", "direction", "mean_rank", "mean_rank_std",
               "median_rank", "random_mean_rank", "n_val", "twin_acc", "folds", "score",
-              *(f"{d}_{k}" for d in ("i2t", "t2i") for k in protocol.DIRECTION_KEYS)}
+              *(f"{d}_{k}" for d in ("i2t", "t2i") for k in scorer.DIRECTION_KEYS)}
 MAX_SCORE_LINE = 1 << 20
 
 
@@ -31,16 +31,17 @@ class ScoreError(ValueError):
     """The run's outputs cannot be scored; the message names the file and the fix."""
 
 
-def score_eclip(run_dir: Path, tasks_dir: Path, folds: int) -> dict:
-    """The protocol's flat block from each fold's embeddings (run_dir/fold-k) and key (tasks_dir)."""
-    per_fold = []
-    for k in range(folds):
+def score_eclip(run_dir: Path, keys: list[Path], protocol: str = "split") -> dict:
+    """The protocol's flat block from each process's embeddings (run_dir/fold-k) and this run's key for
+    it (keys[k]): every eval pool scored on its own, then the mean and std over pools."""
+    pools = []
+    for k, key in enumerate(keys):
         try:
-            m = protocol.score_fold(Path(run_dir) / f"fold-{k}", Path(tasks_dir) / f"fold-{k}" / "key.npz")
-        except protocol.ScoringError as exc:
-            raise ScoreError(f"fold {k}: {exc}") from None
-        per_fold.append(m)
-    block = protocol.summarize(per_fold)
+            pools += scorer.score_fold(Path(run_dir) / f"fold-{k}", key)
+        except scorer.ScoringError as exc:
+            raise ScoreError(f"fold {k}: {exc}" if len(keys) > 1 else str(exc)) from None
+    block = scorer.summarize(pools)
+    block["protocol"] = protocol
     check_plausible(block, upper=block["random_mean_rank"] * 2 + 1)
     return block
 

@@ -19,6 +19,7 @@ from tools.guard import TEST_RUNS, denied_accesses, describe, test_paths, under
 from tools.lab import Lab
 from tools.launch import sandbox_policy
 from tools.rundir import log_tail, number
+from tools.datacache import discard_deal
 from tools.runs import Outcome, prepare_tasks, run_command_scorer, wait_run
 from tools.scoring import ScoreError, parse_command_score, score_eclip
 
@@ -94,21 +95,25 @@ def _train_and_score(lab: Lab, exp: dict, run_dir, code_dir, should_cancel) -> t
     eCLIP: the run gets the test pool unpaired (a one-fold test task); a workspace scorer gets the
     test annotations, the training process never does."""
     cfg = lab.config
-    share = float(exp["time_budget_s"] or cfg.time_budget_s) / cfg.folds  # a val run's per-fold share
+    share = float(exp["time_budget_s"] or cfg.time_budget_s) / cfg.processes  # a val run's per-process share
     outcome = Outcome()
     try:
         if cfg.scorer == "eclip":
-            tasks, problem = prepare_tasks(lab, code_dir, run_dir, should_cancel, split="test")
-            if tasks is None:
-                outcome.status, outcome.error = "failed", problem
-                return outcome, None
-            fold_dir = run_dir / "fold-0"
-            fold_dir.mkdir(exist_ok=True)
-            policy = sandbox_policy(lab, exp, fold_dir, code_dir, task_dir=tasks / "fold-0" / "task", fold=0,
-                                    budget_s=share, split="test")
-            if not wait_run(lab, None, policy, should_cancel, outcome, "the test run"):
-                return outcome, None
-            return outcome, score_eclip(run_dir, tasks, 1)
+            label = f"test-{run_dir.name}"
+            try:
+                dealt, problem = prepare_tasks(lab, code_dir, run_dir, should_cancel, split="test", label=label)
+                if dealt is None:
+                    outcome.status, outcome.error = "failed", problem
+                    return outcome, None
+                fold_dir = run_dir / "fold-0"
+                fold_dir.mkdir(exist_ok=True)
+                policy = sandbox_policy(lab, exp, fold_dir, code_dir, task_dir=dealt[0][0], fold=0,
+                                        budget_s=share, split="test")
+                if not wait_run(lab, None, policy, should_cancel, outcome, "the test run"):
+                    return outcome, None
+                return outcome, score_eclip(run_dir, [key for _, key in dealt])
+            finally:
+                discard_deal(lab, label)
         test = lab.test_annotations()
         policy = sandbox_policy(lab, exp, run_dir, code_dir, budget_s=share, split="test")
         if not wait_run(lab, None, policy, should_cancel, outcome, "the test run"):
