@@ -33,29 +33,24 @@ def test_a_perfect_objective_in_metrics_json_is_ignored_and_recorded(lab):
     assert shown.metrics["objective"] == honest.objective and shown.metrics["val_loss"] == honest.objective
 
 
-def test_each_fold_sees_only_its_own_task(eclip_lab, tmp_path):
-    """With 3 folds, fold 1's process reads its task folder only: the dataset, the tensor cache, the
-    other folds and every key are hidden."""
+def test_a_process_sees_only_its_own_deal(eclip_lab, tmp_path):
+    """A process's policy grants its own task folder of this run only; the workspace and its state are
+    masked (shown empty), so builds, other runs' deals, every key, the DB and the data are out of sight."""
     lab = eclip_lab
-    root = datacache.tasks_root(lab)
-    build = root / "val-64px-tok48-k3-test"
-    for k in range(3):
-        (build / f"fold-{k}" / "task").mkdir(parents=True, exist_ok=True)
-        (build / f"fold-{k}" / "key.npz").write_bytes(b"x")
+    run_dir = lab.run_dir(1)
+    (run_dir / "fold-0").mkdir(parents=True, exist_ok=True)
+    live = datacache.tasks_root(lab) / "live" / "1" / "fold-0"
+    live.mkdir(parents=True, exist_ok=True)
     exp = {"id": 1, "time_budget_s": 30}
-    policy = sandbox_policy(lab, exp, tmp_path / "fold-1", lab.root / "train.py", task_dir=build / "fold-1" / "task",
-                            fold=1, budget_s=10)
-    hidden = {str(h) for h in policy.hidden}
-    datacache.cache_dir(lab).mkdir(parents=True, exist_ok=True)
-    policy = sandbox_policy(lab, exp, tmp_path / "fold-1", lab.root / "train.py", task_dir=build / "fold-1" / "task",
-                            fold=1, budget_s=10)
-    hidden = {str(h) for h in policy.hidden}
-    for path in (lab.data_dir(), datacache.cache_dir(lab), build / "fold-0", build / "fold-2",
-                 build / "fold-1" / "key.npz"):
-        assert str(path) in hidden, path
-    assert str(build / "fold-1" / "task") in {str(p) for p in policy.read_only}
-    assert policy.env["AR_TASK_DIR"] == str(build / "fold-1" / "task") and "AR_DATA_DIR" not in policy.env
-    assert policy.env["AR_TIME_BUDGET_S"] == "10" and policy.env["AR_FOLD"] == "1"
+    policy = sandbox_policy(lab, exp, run_dir / "fold-0", run_dir / "code", task_dir=live, fold=0, budget_s=10)
+    assert lab.root in policy.masked and lab.state_dir in policy.masked
+    grants = [policy.run_dir, *policy.read_only]
+    for secret in (datacache.tasks_root(lab), datacache.keys_root(lab), lab.store.path, lab.data_dir(),
+                   datacache.cache_dir(lab), run_dir, lab.root / "train.py", lab.state_dir / "optuna.db"):
+        assert not any(g == secret or g in secret.parents for g in grants), secret
+    assert live in policy.read_only and run_dir / "code" in policy.read_only
+    assert policy.env["AR_TASK_DIR"] == str(live) and "AR_DATA_DIR" not in policy.env
+    assert policy.env["AR_TIME_BUDGET_S"] == "10" and policy.env["AR_FOLD"] == "0"
 
 
 def _embeddings_train_py(body: str) -> str:
@@ -84,7 +79,7 @@ def test_malformed_embeddings_fail_the_run_with_a_clear_error(eclip_lab, body, w
     finally:
         train.write_bytes(original)
     assert r.status == "failed" and r.objective is None
-    assert "scoring: fold 0:" in r.error and all(w in r.error for w in words), r.error
+    assert "scoring: " in r.error and all(w in r.error for w in words), r.error
     assert "Fix:" in r.error
 
 

@@ -162,7 +162,8 @@ def protected_reads(root: Path) -> list[str]:
     scores, caches and token."""
     root = Path(root)
     state = root / ".autoresearch"
-    paths: list[tuple[Path, bool]] = [(state / "tasks", True), (state / "scores", True), (state / "cache", True),
+    paths: list[tuple[Path, bool]] = [(state / "tasks", True), (state / "keys", True), (state / "scores", True),
+                                      (state / "cache", True),
                                       (state / "test_runs", True), (root / "data", True)]  # data/: init's default
     rules = [r for p, tree in paths for r in _path_rules(root, p, tree)]
     rules += [r for p in (state / "experiments.db*", root / TOKEN_FILE) for r in _path_rules(root, p, False)]
@@ -208,6 +209,39 @@ def claude_permissions(editable: list[str], root: Path | None = None) -> dict:
     }
 
 
+# What each client can deny the agent of the protected reads (the dataset, the held-out split, task
+# builds, the keys of runs in flight, the DB, the token). Said by `clients` and `doctor`.
+READ_DENIES = {
+    "claude": "enforced: .claude/settings.json denies every protected read, and the shell (Bash) is denied",
+    "gemini": "file tools only: .geminiignore lists the protected paths and the shell tool is excluded; "
+              "nothing stops an MCP server or extension the user adds",
+    "cursor": "file tools only (.cursorignore); Cursor's agent terminal can still read every file as your user",
+    "codex": "NONE: Codex has no per-path read deny; its shell reads every file your user can (the dataset with "
+             "its pairs, a run's key while the run is in flight). Use Claude Code, or run the harness as "
+             "another OS user",
+    "vscode": "NONE: VS Code's agent mode has no per-path read deny; its terminal reads every file your user can. "
+              "Use Claude Code, or run the harness as another OS user",
+}
+
+
+def ignore_patterns(root: Path) -> list[str]:
+    """The protected reads as .gitignore-style lines anchored at the workspace; paths outside it cannot
+    be expressed there and are listed as comments."""
+    rules = [r[len("Read("):-1] for r in protected_reads(root)]
+    inside = {r[2:] for r in rules if r.startswith("./")}
+    out = []
+    for path in rules:
+        if path.startswith("./"):
+            line = "/" + path[2:].removesuffix("/**") + ("/" if path.endswith("/**") else "")
+        elif not any(("/" + str(Path(root).resolve()) + "/" + rel) == path for rel in inside):
+            line = f"# outside the workspace, not covered: {path[1:]}"
+        else:
+            continue
+        if line not in out:
+            out.append(line)
+    return out
+
+
 def client_files(root: Path, client: str, *, max_call_s: float, editable: list[str] | None = None) -> dict[str, str]:
     """{relative path: file text} for one client."""
     cmd, args = server_command(root)
@@ -217,15 +251,18 @@ def client_files(root: Path, client: str, *, max_call_s: float, editable: list[s
                                             "timeout": timeout_ms}}}
         return {".mcp.json": json.dumps(mcp, indent=2) + "\n",
                 ".claude/settings.json": json.dumps(claude_permissions(editable or ["train.py"], root), indent=2) + "\n"}
+    ignore = ("# eclip-autoresearch: what the agent must not read (data pairs, keys, builds, the DB, the token)\n"
+              + "\n".join(ignore_patterns(root)) + "\n")
     if client == "cursor":
         return {".cursor/mcp.json": json.dumps({"mcpServers": {SERVER_NAME: {"command": cmd, "args": args}}},
-                                               indent=2) + "\n"}
+                                               indent=2) + "\n", ".cursorignore": ignore}
     if client == "vscode":
         return {".vscode/mcp.json": json.dumps({"servers": {SERVER_NAME: {"type": "stdio", "command": cmd,
                                                                           "args": args}}}, indent=2) + "\n"}
     if client == "gemini":
-        cfg = {"mcpServers": {SERVER_NAME: {"command": cmd, "args": args, "timeout": timeout_ms, "trust": False}}}
-        return {".gemini/settings.json": json.dumps(cfg, indent=2) + "\n"}
+        cfg = {"mcpServers": {SERVER_NAME: {"command": cmd, "args": args, "timeout": timeout_ms, "trust": False}},
+               "tools": {"exclude": ["run_shell_command", "web_fetch", "google_web_search"]}}
+        return {".gemini/settings.json": json.dumps(cfg, indent=2) + "\n", ".geminiignore": ignore}
     if client == "codex":
         # Codex reads a project's .codex/config.toml once the project is trusted. JSON strings are
         # valid TOML basic strings, so json.dumps quotes safely.

@@ -164,6 +164,15 @@ class WorkspaceConfig(BaseModel):
         return self.protocol == "kfold-pooled" and self.folds > 1 and self.scorer == "eclip"
 
     @property
+    def leak_note(self) -> str | None:
+        """The words every verdict of a leaky protocol carries (None for a leak-free one)."""
+        if not self.leaky:
+            return None
+        return (f"LEAKY protocol (kfold-pooled, {self.folds} folds): each fold trains on the other folds' eval "
+                "pairs, so a run can be handed its answers (through the agent); comparable only with the seed's "
+                "own numbers, never proof of a better method. protocol = \"split\" is leak-free.")
+
+    @property
     def jobs(self) -> "SlurmConfig | RayConfig":
         """The table of the cluster executor in use (poll_s, max_jobs, time_margin_s, python, *_per_run)."""
         return self.ray if self.executor == "ray" else self.slurm

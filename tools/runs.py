@@ -379,6 +379,8 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
         best_before = store.best_experiment_in(conn)
         if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/verdict.py)
             fields.update(verdict_fields(store, conn, exp, objective, fields.get("objective_std"), cfg, stop=stop))
+            if cfg.leak_note:  # named wherever it is shown
+                fields["verdict_reason"] = f"{cfg.leak_note} {fields.get('verdict_reason') or ''}".strip()
             store.replace_metrics(exp_id, metric_rows(metrics), conn)
         store.replace_steps(exp_id, steps, conn)
         updated = store.update_experiment(exp_id, conn=conn, only_if_status=("running", "queued"),
