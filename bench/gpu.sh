@@ -17,7 +17,8 @@ PY=${PY:-.venv/bin/python}; [ -x "$PY" ] || PY=python3
 MODE=gpu; [ "${1:-}" = "--cpu-smoke" ] && MODE=cpu
 OUT=${OUT:-$(mktemp -d /tmp/ar-gpu-XXXXXX)}
 SYNTH=${SYNTH:-small}
-FOLDS=3
+FOLDS=3        # eval pools of the leak-free split protocol: one training process, three pools
+PROCS=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 T0=$(date +%s)
 say() { echo "[gpu.sh +$(( $(date +%s) - T0 ))s] $*"; }
@@ -39,6 +40,7 @@ say "preparing data"
 "$PY" -m model.prepare --data "$OUT/data" --preset seed --synthetic "$SYNTH" --cache-dir "$OUT/cache" | tail -1
 "$PY" -m model.tasks build --data "$OUT/data" --cache-dir "$OUT/cache" --image-size 224 --context-length 77 \
     --folds $FOLDS --split val --out "$OUT/tasks" | tail -1
+"$PY" -c "from model.tasks import deal_task; deal_task('$OUT/tasks', 0, '$OUT/deal/task', '$OUT/deal/key.npz')"
 
 # 2. the step alone: FLOPs per step, ms per step, memory (no data load, no eval)
 say "timing the template's step"
@@ -67,11 +69,11 @@ if [ "$MODE" = gpu ]; then
   SMI_PID=$!
 fi
 trap '[ -n "$SMI_PID" ] && kill "$SMI_PID" 2>/dev/null || true' EXIT
-for k in $(seq 0 $((FOLDS - 1))); do
+for k in $(seq 0 $((PROCS - 1))); do
   FD="$OUT/run/fold-$k"; mkdir -p "$FD"
   say "fold $k"
   s=$(date +%s.%N)
-  AR_RUN_DIR="$FD" AR_TASK_DIR="$OUT/tasks/fold-$k/task" "$PY" "$OUT/run/train.py" > "$FD/stdout.log" 2> "$FD/stderr.log" \
+  AR_RUN_DIR="$FD" AR_TASK_DIR="$OUT/deal/task" "$PY" "$OUT/run/train.py" > "$FD/stdout.log" 2> "$FD/stderr.log" \
     || { echo "fold $k failed:"; tail -20 "$FD/stderr.log"; exit 1; }
   e=$(date +%s.%N)
   "$PY" -c "print(round($e - $s, 3))" > "$FD/wall_s"
@@ -83,7 +85,7 @@ done
 "$PY" -c "
 import json, sys
 from tools.scoring import score_eclip
-b = score_eclip('$OUT/run', '$OUT/tasks', $FOLDS)
+b = score_eclip('$OUT/run', ['$OUT/deal/key.npz'])
 json.dump({k: v for k, v in b.items() if k != 'folds'}, open('$OUT/score.json', 'w'))
 print('mean_rank', round(b['mean_rank'], 2), 'random', round(b['random_mean_rank'], 1))"
 "$PY" -m bench.gpu_step report "$OUT"

@@ -146,7 +146,7 @@ def cmd_report(a) -> int:
         "peak_memory_mib_smi": max((m for _, _, m in smi), default=None),
         "mean_rank": score.get("mean_rank"), "random_mean_rank": score.get("random_mean_rank"),
     }
-    print(table("\nexperiment (3 folds, sequential)", ["figure", "value"], [[k, v] for k, v in summary.items()]))
+    print(table(f"\nexperiment ({len(folds)} process(es), sequential)", ["figure", "value"], [[k, v] for k, v in summary.items()]))
     goal = summary["experiment_wall_s"] <= 60 and (busy_active or 0) >= 0.9
     print(f"\ngoal (H100/H200): experiment <= 60 s and GPU busy >= 90%: {'met' if goal else 'NOT met'}"
           + ("" if step.get("device") == "cuda" else " (CPU smoke: not a GPU measurement)"))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import os
 import subprocess
 import sys
@@ -30,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from model.constants import rewrite_constants  # noqa: E402
 from model.presets import preset_folds, render_template, template_constants  # noqa: E402
-from model.tasks import build_tasks  # noqa: E402
+from model.tasks import build_tasks, deal_task, processes  # noqa: E402
 from tools.scoring import ScoreError, score_eclip  # noqa: E402
 
 
@@ -43,17 +44,23 @@ def run_one(name: str, spec: str, data: str, out: Path, folds: int | None) -> di
     k = folds or preset_folds(preset)
     tasks = out / "tasks" / f"{consts['IMAGE_SIZE']}px-{consts['CONTEXT_LENGTH']}-{k}"
     build_tasks(data, None, image_size=consts["IMAGE_SIZE"], context_length=consts["CONTEXT_LENGTH"], num_folds=k,
-                out_dir=tasks, log=lambda *a: None)
+                out_dir=tasks, log=lambda *a: None)  # the leak-free split protocol: one process, k pools
+    procs = processes("split", k)
     rd = out / name
     rd.mkdir(parents=True, exist_ok=True)
     (rd / "train.py").write_text(text)
     wall, logs = 0.0, []
-    for f in range(k):
+    keys = []
+    for f in range(procs):
+        deal = rd / "deal" / f"fold-{f}"
+        shutil.rmtree(deal, ignore_errors=True)
+        deal_task(tasks, f, deal / "task", deal / "key.npz")
+        keys.append(deal / "key.npz")
         fd = rd / f"fold-{f}"
         fd.mkdir(exist_ok=True)
         for stale in ("events.jsonl", "metrics.json"):
             (fd / stale).unlink(missing_ok=True)
-        env = dict(os.environ, AR_RUN_DIR=str(fd), AR_TASK_DIR=str(tasks / f"fold-{f}" / "task"),
+        env = dict(os.environ, AR_RUN_DIR=str(fd), AR_TASK_DIR=str(deal / "task"),
                    PYTHONPATH=str(ROOT))
         t = time.time()
         p = subprocess.run([sys.executable, str(rd / "train.py")], env=env, cwd=rd, capture_output=True, text=True)
@@ -64,10 +71,10 @@ def run_one(name: str, spec: str, data: str, out: Path, folds: int | None) -> di
             return {"name": name, "error": p.stderr.strip().splitlines()[-1:], "wall": wall}
     (rd / "log.txt").write_text("\n".join(logs))
     try:
-        m = score_eclip(rd, tasks, k)
+        m = score_eclip(rd, keys)
     except ScoreError as exc:
         return {"name": name, "error": [str(exc)], "wall": wall}
-    facts = [json.loads((rd / f"fold-{f}" / "metrics.json").read_text()) for f in range(k)]
+    facts = [json.loads((rd / f"fold-{f}" / "metrics.json").read_text()) for f in range(procs)]
     m.update(name=name, wall=wall, steps=sum(x.get("steps", 0) for x in facts),
              stopped_by="time" if any(x.get("stopped_by") == "time" for x in facts) else "steps",
              train_seconds=sum(x.get("train_seconds", 0) for x in facts))

@@ -220,6 +220,7 @@ def cmd_doctor(args) -> int:
         except Exception:  # a broken toml is `run`'s to report, not doctor's
             pass
     report["executors"] = usable_executors(address)  # {name: None (usable) or why not}
+    report.update(_workspace_integrity(Path(args.workspace)))
     if args.json:
         print(json.dumps(report, indent=1, default=str))
     else:
@@ -227,17 +228,41 @@ def cmd_doctor(args) -> int:
     return 0
 
 
+def _workspace_integrity(root: Path) -> dict:
+    """The protocol a workspace scores with (leaky or not) and what each configured client can deny."""
+    if not (root / "autoresearch.toml").is_file():
+        return {}
+    try:
+        cfg = load_config(root)
+    except Exception:  # a broken toml is `run`'s to report
+        return {}
+    out = {"protocol": (f"{cfg.protocol}, k = {cfg.folds}: " + (cfg.leak_note or (
+        "leak-free (train on the training split, score on disjoint validation pools; fresh secret orders per run)")))
+        if cfg.scorer == "eclip" else "the workspace's own scorer (its command decides what it trains and scores on)"}
+    present = {"claude": ".claude/settings.json", "codex": ".codex/config.toml", "cursor": ".cursor/mcp.json",
+               "vscode": ".vscode/mcp.json", "gemini": ".gemini/settings.json"}
+    configured = {name: clients.READ_DENIES[name] for name, rel in present.items() if (root / rel).is_file()}
+    if configured:
+        out["agent_read_denies"] = configured
+    return out
+
+
 def cmd_clients(args) -> int:
     lab = _lab(args)
     kw = dict(max_call_s=clients.call_timeout_s(lab.config.time_budget_s, lab.config.max_wait_s),
               editable=lab.config.editable)
     names = args.client or ["all"]
+    chosen = list(clients.CLIENTS) if "all" in names else names
     if args.write:
         for rel in clients.write_client_configs(lab.root, names, overwrite=args.force, **kw):
             print(f"wrote {lab.root / rel}")
+        for name in chosen:
+            print(f"{name}: what the agent cannot read: {clients.READ_DENIES[name]}")
         return 0
     for rel, text in clients.render(lab.root, names, **kw).items():
         print(f"# ---- {rel} ----\n{text}")
+    for name in chosen:
+        print(f"# {name}: what the agent cannot read: {clients.READ_DENIES[name]}")
     return 0
 
 

@@ -496,7 +496,11 @@ def print_doctor(report: dict, out=None) -> None:
         p("executors:")
         for name, why in report["executors"].items():
             p(f"  {'no ' if why else 'yes'} {name}" + (f": {' '.join(str(why).split())}" if why else ""))
+    if report.get("agent_read_denies"):
+        p("agent read denies (per client config in this workspace):")
+        for name, what in report["agent_read_denies"].items():
+            p(f"  {name}: {what}")
     for k, v in report.items():
         if k not in {"backend", "backend_source", "gaps", "isolated", "warning", "better_backends_unavailable",
-                     "backends", "limits", "gpu_nodes", "executors"} and v is not None:
+                     "backends", "limits", "gpu_nodes", "executors", "agent_read_denies"} and v is not None:
             p(f"{k.replace('_', ' ')}: {v if not isinstance(v, (dict, list)) else json.dumps(v, default=str)}")

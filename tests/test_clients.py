@@ -83,6 +83,7 @@ def test_print_mode_writes_nothing(toy_ws, capsys):
     assert cli(["clients", "vscode", "-w", str(toy_ws)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("# ---- .vscode/mcp.json ----") and '"servers"' in out
+    assert "# vscode: what the agent cannot read: NONE" in out  # said plainly where a client cannot deny
     assert not (toy_ws / ".vscode").exists()
 
 
@@ -227,3 +228,14 @@ def test_read_denies_come_from_the_workspace_s_own_paths(tmp_path):
     perms = claude_permissions(["train.py"], ws)
     some = next(outside.rglob("*.png"))
     assert decide(perms, "Read", str(some), ws) == "deny"
+
+
+def test_clients_that_can_hide_files_get_the_protected_reads(toy_ws, capsys):
+    """Cursor and Gemini get ignore files with the workspace's protected paths (keys and builds among
+    them); Gemini loses its shell; Codex and VS Code are named as unable to deny reads."""
+    assert cli(["clients", "cursor", "gemini", "codex", "-w", str(toy_ws)]) == 0
+    out = capsys.readouterr().out
+    for name in (".cursorignore", ".geminiignore"):
+        block = out.split(f"# ---- {name} ----\n")[1].split("# ----")[0]
+        assert "/.autoresearch/keys/" in block and "/.autoresearch/tasks/" in block and "/.autoresearch/http-token" in block
+    assert '"run_shell_command"' in out and "# codex: what the agent cannot read: NONE" in out

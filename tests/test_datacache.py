@@ -44,8 +44,9 @@ def test_a_run_finds_its_task_build_made_before_it_started(eclip_lab):
     assert any(h.startswith("building the tasks (48 px") for h in hints), hints[:5]
     status = (lab.run_dir(r1.id) / "cache.status").read_text()
     assert status.startswith("built (48 px"), status
-    builds = list(datacache.tasks_root(lab).glob("val-48px-tok48-k1-*"))
-    assert len(builds) == 1 and (builds[0] / "fold-0" / "key.npz").is_file()
+    builds = list(datacache.tasks_root(lab).glob("val-48px-tok48-split1-*"))
+    assert len(builds) == 1 and (builds[0] / "fold-0" / "pool" / "eval_pool.npy").is_file()
+    assert not datacache.dealt_keys(lab, str(r1.id))   # the run's key lived only while it was in flight
     assert any(datacache.cache_dir(lab).glob("*-48px-v*.npz"))  # the tensor cache behind the build
     log = (lab.run_dir(r1.id) / "fold-0" / "stdout.log").read_text()
     assert "building a one-fold task" not in log  # the run loaded its task, it did not make one
@@ -63,10 +64,10 @@ def test_runs_cannot_write_their_task_nor_read_the_data_the_cache_or_the_keys(ec
     lab = eclip_lab
     train = lab.root / "train.py"
     original = train.read_bytes()
-    build = next(datacache.tasks_root(lab).glob("val-64px-tok48-k1-*"), None)
+    build = next(datacache.tasks_root(lab).glob("val-64px-tok48-split1-*"), None)
     probe = ("IMAGE_SIZE = 64\nCONTEXT_LENGTH = 48\nimport os, glob\n"
              f"for p in [{str(lab.data_dir() / 'train.jsonl')!r}, {str(datacache.cache_dir(lab))!r}, "
-             f"{str(datacache.tasks_root(lab))!r} + '/*/fold-0/key.npz']:\n"
+             f"{str(datacache.keys_root(lab))!r} + '/*/fold-0.npz']:\n"
              "    hits = glob.glob(p) or [p]\n"
              "    try:\n        open(hits[0], 'rb').read(1) if not os.path.isdir(hits[0]) else os.listdir(hits[0])\n"
              "        print('READ', p)\n    except OSError as e:\n        print('DENIED', p, type(e).__name__)\n"
@@ -78,7 +79,7 @@ def test_runs_cannot_write_their_task_nor_read_the_data_the_cache_or_the_keys(ec
         train.write_bytes(original)
     out = (lab.run_dir(r.id) / "fold-0" / "stdout.log").read_text()
     assert "READ" not in out and out.count("DENIED") == 3, out
-    assert build is None or not (build / "fold-0" / "task" / "poisoned.npy").exists()
+    assert build is None or not list(build.rglob("poisoned.npy"))
     assert r.status == "failed" and "integrity:" in r.error
 
 

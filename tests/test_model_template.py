@@ -17,7 +17,7 @@ from model.constants import rewrite_constants
 from model.presets import render_template
 from model.scoring import IMAGE_FILE, TEXT_FILE, score_fold
 from model.synthprints import SynthConfig, write_dataset
-from model.tasks import build_tasks, key_path, task_dir
+from model.tasks import build_tasks, deal_task
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = {"IMAGE_SIZE": 32, "PATCH_SIZE": 8, "VISION_WIDTH": 32, "VISION_LAYERS": 1, "VISION_HEAD_WIDTH": 16,
@@ -51,6 +51,7 @@ def runs(tmp_path_factory):
     for name, k, split in (("k1", 1, "val"), ("k2", 2, "val"), ("test", 1, "test")):
         tasks[name] = base / "tasks" / name
         build_tasks(data, None, image_size=32, context_length=48, num_folds=k, split=split, out_dir=tasks[name],
+                    protocol="kfold-pooled" if k > 1 else "split",
                     test_annotations=data / "heldout" / "test.jsonl", log=lambda *a: None)
     procs, out = {}, {}
     pending = list(RUNS.items())
@@ -64,19 +65,27 @@ def runs(tmp_path_factory):
             (ws / "train.py").write_text(rewrite_constants(render_template("tiny"), {**MICRO, **consts}))
             env = {k: v for k, v in os.environ.items() if not k.startswith("AR_")}
             env.update(AR_RUN_DIR=str(rd), PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", **extra)
-            if task:
-                env["AR_TASK_DIR"] = str(task_dir(tasks[task[0]], task[1]))
+            key = None
+            if task:  # this run's own deal: fresh orders and its key
+                key = base / "deals" / name / "key.npz"
+                deal_task(tasks[task[0]], task[1], base / "deals" / name / "task", key)
+                env["AR_TASK_DIR"] = str(base / "deals" / name / "task")
             else:
                 env["AR_DATA_DIR"] = str(data)
             procs[name] = (subprocess.Popen([sys.executable, "train.py"], cwd=ws, env=env, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True), rd, task)
+                                            stderr=subprocess.PIPE, text=True), rd, key)
         time.sleep(0.1)
         for name in [n for n, (p, _, _) in procs.items() if p.poll() is not None]:
-            p, rd, task = procs.pop(name)
+            p, rd, key = procs.pop(name)
             so, se = p.communicate()
-            out[name] = {"rc": p.returncode, "stdout": so, "stderr": se, "dir": rd,
-                         "key": key_path(tasks[task[0]], task[1]) if task else None}
+            out[name] = {"rc": p.returncode, "stdout": so, "stderr": se, "dir": rd, "key": key}
     return out
+
+
+def _score(run_dir, key) -> dict:
+    """The one pool's metrics (these tasks have one pool per process)."""
+    [m] = score_fold(run_dir, key)
+    return m
 
 
 def _metrics(r):
@@ -106,7 +115,7 @@ def test_one_fold_writes_embeddings_the_scorer_reads(runs):
     _finite_numbers(m)
     img, txt = np.load(r["dir"] / IMAGE_FILE), np.load(r["dir"] / TEXT_FILE)
     assert img.dtype == txt.dtype == np.float32 and img.shape == txt.shape == (32, 16)
-    s = score_fold(r["dir"], r["key"])
+    s = _score(r["dir"], r["key"])
     assert s["n_val"] == 32 and s["random_mean_rank"] == 15.5 and 0 <= s["twin_acc"] <= 1
     assert "training FROM SCRATCH" in r["stdout"] and "fold:             1 of 1" in r["stdout"]
     assert "local" not in r["stdout"] and not (r["dir"] / "model.pt").exists()
@@ -122,23 +131,32 @@ def test_events_jsonl(runs):
 
 
 def test_same_seed_same_embeddings(runs):
+    """Two runs of one seed on two deals (fresh orders each): row for row of the canonical pool, the
+    same embeddings, bit for bit."""
     a, b = runs["base"], runs["again"]
     _metrics(a), _metrics(b)
-    for f in (IMAGE_FILE, TEXT_FILE):
-        assert (a["dir"] / f).read_bytes() == (b["dir"] / f).read_bytes()
+    for f, order in ((IMAGE_FILE, "image_pool"), (TEXT_FILE, "text_pool")):
+        canon = []
+        for r in (a, b):
+            x, perm = np.load(r["dir"] / f), np.load(r["key"])[order]
+            c = np.empty_like(x)
+            c[perm] = x
+            canon.append(c)
+        assert canon[0].tobytes() == canon[1].tobytes()
+    assert not np.array_equal(np.load(a["key"])["image_pool"], np.load(b["key"])["image_pool"])
 
 
 @pytest.mark.parametrize("variant", ["tokens", "pixel"])
 def test_expert_variants_train(runs, variant):
     m = _metrics(runs[variant])
     assert m["expert_variant"] == variant and m["expert_steps"] > 0
-    assert score_fold(runs[variant]["dir"], runs[variant]["key"])["n_val"] > 0
+    assert _score(runs[variant]["dir"], runs[variant]["key"])["n_val"] > 0
 
 
 def test_second_fold_of_two(runs):
     m = _metrics(runs["tokens"])
     assert (m["fold"], m["num_folds"], m["steps"], m["fold_seed"]) == (1, 2, 2, 1000)   # SEED + FOLD_SEED_OFFSET * 1
-    assert score_fold(runs["tokens"]["dir"], runs["tokens"]["key"])["n_val"] == 40       # half of train + val
+    assert _score(runs["tokens"]["dir"], runs["tokens"]["key"])["n_val"] == 40       # half of train + val
 
 
 def test_expert_lr_multiplier_changes_training_and_only_from_the_second_step(runs):
@@ -157,7 +175,7 @@ def test_test_split_task_and_the_logit_scale_cap(runs):
     r = runs["test"]
     m = _metrics(r)
     assert m["split"] == "test" and (r["dir"] / "model.pt").exists()
-    assert score_fold(r["dir"], r["key"])["n_val"] == 16
+    assert _score(r["dir"], r["key"])["n_val"] == 16
     # LOGIT_SCALE_MAX 2: the clamp in train.py caps the scale from the first step (init 30)
     assert 1.9 < m["logit_scale"] <= 2.0 + 1e-6 and _metrics(runs["base"])["logit_scale"] > 25
 
