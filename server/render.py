@@ -24,7 +24,8 @@ VERDICT_WORDS = {
     "improved": "improved",
     "not_improved": "not improved",
     "inconclusive": "inconclusive (within the noise)",
-    "incomparable": "incomparable (not the same budget)",
+    "improved?": "improved? (provisional: awaiting its seed reruns)",
+    "incomparable": "incomparable (not compared: see the reason)",
 }
 
 

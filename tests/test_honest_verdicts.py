@@ -30,14 +30,14 @@ def test_a_run_stopped_by_time_is_incomparable_and_says_so_everywhere(lab):
     _edit(lab, "SLEEP_PER_STEP = 0.0", "SLEEP_PER_STEP = 0.02")  # 600 steps x 20 ms > a 5 s budget
     cut = ex.run_experiment(lab, "slow steps", time_budget_s=5)
     assert cut.status == "succeeded" and cut.verdict == "incomparable" and not cut.kept, cut.verdict_reason
-    assert cut.stopped and cut.stopped.startswith("stopped by time at step ") and cut.stopped.endswith("/600")
+    assert cut.stopped and cut.stopped.startswith("stopped by time at step ") and cut.stopped.endswith("/600 (claimed by the run)")
     assert "not compared" in cut.verdict_reason and "Fix:" in cut.verdict_reason
     row = next(r for r in ex.read_results(lab).rows if r.id == cut.id)
     assert row.stopped == cut.stopped and row.verdict == "incomparable"
     assert ex.show_experiment(lab, cut.id).stopped == cut.stopped
     assert lab.store.best_experiment()["id"] == base.id
     tsv = plots.results_tsv(lab).splitlines()
-    cols = next(line.split("\t") for line in tsv if line.endswith(f"[{cut.stopped}]"))
+    cols = next(line.split("\t") for line in tsv if line.endswith(f"[{cut.stopped.removesuffix(' (claimed by the run)')}]"))
     assert cols[1] == "" and cols[3] == "discard"  # no number: it is not a comparable result
     # reproduce names how far each got first
     again = reproduce.report(lab, base.id, cut.id)

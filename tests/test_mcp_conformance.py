@@ -151,9 +151,10 @@ async def test_progress_strictly_increases_while_queued_and_running(toy_ws):
     async def on_progress(p, total, message):
         progress.append((p, total, message))
 
+    set_config(toy_ws, time_budget_s=120)  # the budget is the workspace's (issue 21)
     async with Client(server(toy_ws)) as c:
         first = data(await c.call_tool("run_experiment", {"description": "holds the slot", "wait_s": 0,
-                                                          "time_budget_s": 120, "params": {"SLEEP_PER_STEP": 0.03}}))  # ~18 s
+                                                          "params": {"SLEEP_PER_STEP": 0.03}}))  # ~18 s
         t0 = time.monotonic()
         second = data(await c.call_tool("run_experiment", {"description": "queued behind it",
                                                            "params": {"SLEEP_PER_STEP": 0.01}},
@@ -172,12 +173,12 @@ async def test_progress_strictly_increases_while_queued_and_running(toy_ws):
 
 
 async def test_a_run_longer_than_the_wait_returns_in_time_with_how_to_follow(toy_ws):
-    set_config(toy_ws, max_wait_s=4)
+    set_config(toy_ws, max_wait_s=4, time_budget_s=60)
     async with Client(server(toy_ws)) as c:
         tools = {t.name: t for t in (await c.list_tools()).tools}
         assert tools["experiment_status"].input_schema["properties"]["wait_s"]["maximum"] == 4
         t0 = time.monotonic()
-        s = data(await c.call_tool("run_experiment", {"description": "longer than the wait", "time_budget_s": 60,
+        s = data(await c.call_tool("run_experiment", {"description": "longer than the wait",
                                                       "params": {"SLEEP_PER_STEP": 0.05}}))  # ~30 s
         took = time.monotonic() - t0
         assert took < 4 + 3, took

@@ -30,6 +30,8 @@ def anyio_backend():
 def history_ws(tmp_path_factory):
     """Four real toy runs: baseline, an improvement (LR), a params-only rerun, a crash; two notes."""
     ws = init_workspace(tmp_path_factory.mktemp("hist") / "lab", preset="toy", time_budget_s=20)
+    toml = ws / "autoresearch.toml"  # the runs below try more steps: a human raised the step budget
+    toml.write_text(toml.read_text().replace("step_budget = 200 ", "step_budget = 400 ", 1))
     lab = Lab.open(ws)
     train = ws / "train.py"
     try:

@@ -121,7 +121,8 @@ def test_recover_records_finished_and_interrupts_dead_runs(lab):
     (lab.run_dir(claim) / "metrics.json").write_text(json.dumps({"objective": 0.0, "objective_std": 0.0}))
     assert sorted(runs.recover(lab)) == [done, dead, claim]
     row = lab.store.get_experiment(claim)
-    assert row["status"] == "interrupted" and row["objective"] is None and "scorer printed nothing" in row["error"]
+    assert row["status"] == "interrupted" and row["objective"] is None  # the scorer was run again, and could not
+    assert "supervisor died" in row["error"] and "could not score it" in row["error"]  # the real cause (issue 21)
     assert lab.store.get_experiment(done)["status"] == "succeeded"
     assert lab.store.get_experiment(done)["objective"] == 0.5
     row = lab.store.get_experiment(dead)

@@ -135,6 +135,14 @@ class WorkspaceConfig(BaseModel):
         "steps", description="steps: the step budget decides, a run stopped on time first is incomparable; "
                              "time: fixed seconds, steps vary (karpathy's rule), every finished run is compared")
     baseline_seeds: int = Field(0, ge=0, le=10, description="seed reruns queued after the first baseline (noise)")
+    confirm_seeds: int = Field(2, ge=0, le=10, description="seed reruns queued for a run that would be improved "
+                                                           "with no noise estimate of its own (verdict improved?); "
+                                                           "0: such a run is improved at once (not advised)")
+    step_budget: int | None = Field(None, ge=1, description="budget_rule steps: the most steps per fold a run may "
+                                                            "set in its step-budget constant (the human's, like "
+                                                            "time_budget_s); None: not checked")
+    step_budget_constant: str = Field("MAX_STEPS", pattern=r"^[A-Z][A-Z0-9_]{0,63}$",
+                                      description="the main file's constant that holds its step budget per fold")
     noise_sigma: float = Field(2.0, ge=0, le=10, description="improved only if better by this many sigma")
     keep_checkpoints: Literal["kept", "all", "none"] = "kept"
     search_space: dict[str, SearchParam] = Field(default_factory=dict, max_length=32,
@@ -261,9 +269,12 @@ def _toml_value(v) -> str:
 
 def render_config(*, name: str, data: str, test_annotations: str | None, time_budget_s: float,
                   folds: int = 1, protocol: str = "split", scorer: str | list[str] = "eclip", baseline_seeds: int = 2,
+                  confirm_seeds: int = 2, step_budget: int | None = None, step_budget_constant: str = "MAX_STEPS",
                   memory_limit_gb: float | None = None, search_space_toml: str = "") -> str:
     memory_limit_gb = memory_limit_gb or default_memory_limit_gb()
     """The autoresearch.toml that `init` writes (commented, for people)."""
+    step_line = (f"step_budget = {step_budget}                 # budget_rule steps: the most steps per fold a run may set"
+                 if step_budget else "# step_budget = 300               # budget_rule steps: the most steps per fold a run may set")
     test_line = f'test_annotations = "{test_annotations}"' if test_annotations else "# test_annotations = \"...\""
     return f'''# eclip-autoresearch workspace. Humans edit this file; the agent may not (see .claude/settings.json).
 name = "{name}"
@@ -274,7 +285,7 @@ scorer = {_toml_value(scorer)}{" " * max(1, 18 - len(_toml_value(scorer)))}# "ec
 folds = {folds}                          # k of the protocol: eval pools (split) or folds (kfold-pooled); train.py cannot change it
 protocol = "{protocol}"               # split: train on train, score on k disjoint val pools (leak-free) | kfold-pooled: the seed's, LEAKY
 direction = "minimize"
-time_budget_s = {time_budget_s:g}            # default training budget per experiment
+time_budget_s = {time_budget_s:g}            # training seconds per experiment: the human's; a run may not ask for more
 max_time_budget_s = 3600
 timeout_grace_s = 60               # extra wall time for eval; the run is killed after budget + grace
 max_wait_s = 40                    # an MCP call waits at most this long for a run, then returns its id (poll to follow)
@@ -289,6 +300,9 @@ concurrency = "auto"               # runs at a time: "auto" = one per GPU (each 
 noise_sigma = 2.0                  # 'improved' must beat the best by this many sigma of the noise
 budget_rule = "steps"              # steps: a run stopped on time before its steps is 'incomparable' | time: fixed seconds
 baseline_seeds = {baseline_seeds}                 # seed reruns queued after the first baseline, to measure the noise (0: off)
+confirm_seeds = {confirm_seeds}                  # seed reruns queued for an 'improved?' run (no noise of its own); best only if confirmed
+{step_line}
+step_budget_constant = "{step_budget_constant}"  # the train.py constant that holds the step budget per fold
 keep_checkpoints = "kept"
 hpo_sampler = "tpe"                # suggest(): tpe | random | gp (gp runs in a child; needs torch + scipy)
 allow_test_eval = false            # true exposes evaluate_test as an MCP tool; humans use `autoresearch evaluate-test`

@@ -13,7 +13,7 @@ from tools.lab import Lab
 from tools.rundir import latest_progress, log_tail, read_cache_status
 from tools.store import TERMINAL
 from tools.workspace import SAVED_REF
-from tools.verdict import stop_note
+from tools.verdict import compute_note, stop_note
 from tools.schemas import (Description, ExperimentDetail, ExperimentId, Hypothesis, Limit, NoteOut, NotesPage,
                            NoteText, Params, ResultRow, ResultsTable, RevertResult, RevertTarget, RunSummary,
                            Status, Tag, Tags, TimeBudget, validate)
@@ -90,8 +90,26 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
 
 
 def stopped_label(exp: dict) -> str | None:
-    """'stopped by time at step 12/300' for a run that did not finish its step budget."""
-    return stop_note(exp.get("steps"), exp.get("max_steps"), exp.get("stopped_by")) if exp.get("stopped_by") else None
+    """'stopped by time at step 12/300 (claimed by the run)' for a run that did not finish its step budget."""
+    note = stop_note(exp.get("steps"), exp.get("max_steps"), exp.get("stopped_by")) if exp.get("stopped_by") else None
+    return f"{note} (claimed by the run)" if note else None
+
+
+def role_label(exp: dict) -> str | None:
+    """A rerun row's own role ('seed rerun of #3'): never a verdict it did not get."""
+    if exp.get("rerun_of") is None:
+        return None
+    return f"{'reproduction' if exp.get('rerun_kind') == 'reproduce' else 'seed rerun'} of #{exp['rerun_of']}"
+
+
+def compute_label(exp: dict) -> str | None:
+    """The compute a finished run used: steps as it claimed them, seconds as the harness measured them."""
+    if exp.get("status") not in TERMINAL or exp.get("status") in ("cancelled",) or exp.get("steps") is None \
+            and exp.get("duration_s") is None:
+        return None
+    harness = (json.loads(exp["harness"] or "{}") if "harness" in exp
+               else json.loads(exp.get("config_json") or "{}").get("harness")) or {}
+    return compute_note(exp.get("steps"), exp.get("max_steps"), harness.get("run_seconds") or exp.get("duration_s"))
 
 
 def _cache_phase(run_dir) -> str | None:
@@ -111,6 +129,9 @@ def _next_hint(exp: dict) -> str | None:
         "improved": "kept as the new best; write_note with what changed and why it helped",
         "not_improved": "revert('best') to undo the change, then write_note",
         "inconclusive": "within the noise: rerun with other seeds before keeping, or revert('best')",
+        "improved?": "provisional: its confirmation seed reruns are queued; it becomes the best only if they confirm "
+                     "it (rerun_experiment shows the group). Meanwhile revert('best') or keep working on it",
+        "incomparable": "not compared: read verdict_reason (budget, integrity event or a claim the harness contradicts)",
     }.get(verdict or "")
 
 
@@ -133,7 +154,7 @@ def read_results(lab: Lab, limit: int = 20, status: str | None = None, order_by:
         out.append(ResultRow(id=r["id"], status=r["status"], verdict=r["verdict"], objective=r["objective"],
                              objective_std=r["objective_std"], delta=r["delta"], kept=bool(r["kept"]),
                              duration_s=_round(r["duration_s"]), description=_clip(r["description"], 120),
-                             stopped=stopped_label(r),
+                             stopped=stopped_label(r), role=role_label(r), compute=compute_label(r),
                              metrics=metrics))
     best = lab.store.best_experiment()
     return ResultsTable(total=lab.store.count_experiments(status), best_id=best["id"] if best else None,

@@ -3,9 +3,19 @@
 - The held-out split: `test_paths` names what every agent run's sandbox hides (the whole
   `heldout/` folder when the annotations live in one, else the file), plus the test evaluations'
   run dirs (`hidden_for_agent_runs`). Provenance leaves the same paths out of its fingerprint.
-- A denied access that surfaces in a run's log (PermissionError / read-only file system on the
-  test split, the harness, the data, the workspace's state) is classified here; the recorder
-  stores it in the append-only `integrity_events` table and names it in the run's error.
+- Integrity events are of two sources, both stored in the append-only `integrity_events` table:
+  * observed by the harness itself (`observed_events`, plus `self_scored` from the recorder, which
+    reads metrics.json): the connect() calls the sandbox's broker refused, the symlinks out of the
+    run dir it removed, a score the run wrote for itself. These are facts and they bite: the run is
+    never kept or best (tools/verdict.py), and its verdict says why.
+  * hints scraped from the run's own log (`denied_accesses`: "[Errno 13] Permission denied: '...'"
+    lines): the run controls its log (a caught or repr()-printed error leaves none), so they are
+    stored as hints (detail starts with "log hint") and named in the error, never a verdict's reason.
+- What no backend lets the harness observe: under bwrap a hidden path does not exist in the run's
+  namespace (ENOENT inside the run) and a write to a read-only bind fails with EROFS inside the run,
+  neither reported to the harness; under landlock a denied open fails with EACCES inside the run
+  (the kernel's Landlock audit log is not read); under `none` nothing is isolated or observed. A
+  file access the sandbox denied is therefore known only from the run's log, as a hint.
 """
 
 from __future__ import annotations
@@ -48,17 +58,20 @@ def under(path: str, root: Path | None) -> bool:
     return path == r or path.startswith(r.rstrip(os.sep) + os.sep)
 
 
-def classify(lab: Lab, path: str, code_dir: Path) -> str:
+def classify(lab: Lab, path: str, code_dir: Path, errno_: str = "13") -> str:
+    """The area a denied path lies in, and whether it was a write: only EROFS (errno 30) says so, or a
+    denial on a path every run may read (the harness); anything else is an `_access` (read or write)."""
     p = os.path.normpath(path if os.path.isabs(path) else os.path.join(code_dir, path))
     test = lab.test_annotations()
+    write = "write" if errno_ == "30" else "access"
     if any(under(p, t) for t in test_paths(lab)) or (test is not None and under(p, test)):
         return "test_split_access"
     if under(p, harness_dir()):
-        return "harness_write"
+        return "harness_write"  # readable by every run: a denial there is a write
     if under(p, lab.data_dir()):
-        return "data_write"
+        return f"data_{write}"
     if under(p, cache_dir(lab)):
-        return "cache_write"
+        return f"cache_{write}"
     if under(p, tasks_root(lab)):
         return "task_access"
     if under(p, lab.root / ".git") or (under(p, lab.state_dir) and not under(p, code_dir.parent)):
@@ -78,20 +91,43 @@ def denied_accesses(lab: Lab, run_dir: Path) -> list[dict]:
             if path in seen:
                 continue
             seen.add(path)
-            found.append({"kind": classify(lab, path, Path(run_dir) / "code"), "path": path[:500],
-                          "detail": f"[Errno {errno_}] {what}"})
+            found.append({"kind": classify(lab, path, Path(run_dir) / "code", errno_), "path": path[:500],
+                          "detail": f"{LOG_HINT}: [Errno {errno_}] {what}"})
             if len(found) >= MAX_EVENTS_PER_RUN:
                 return found
     return found
 
 
-def describe(events: list[dict]) -> str:
-    """One line for a run's error: what it tried and that the sandbox refused it."""
+LOG_HINT = "log hint (the run's own output, not observed by the harness)"
+
+
+def observed_events(result) -> list[dict]:
+    """What the sandbox itself reported about one process (a SandboxResult): refused connect() calls
+    (the landlock backend's broker) and symlinks out of the run dir it removed after the run."""
+    out = []
+    broker = (getattr(result, "isolation", None) or {}).get("connect_broker") or {}
+    for what in list(broker.get("denied") or [])[:MAX_EVENTS_PER_RUN]:
+        out.append({"kind": "connect_denied", "path": str(what)[:500],
+                    "detail": "the sandbox refused a connect() to a socket outside the run dir"})
+    for w in list(getattr(result, "warnings", None) or []):
+        if str(w).startswith("removed symlink "):
+            out.append({"kind": "run_dir_symlink", "path": str(w)[len("removed symlink "):][:500],
+                        "detail": "the run left a symlink out of its run dir; the sandbox removed it"})
+    return out[:MAX_EVENTS_PER_RUN]
+
+
+def describe(events: list[dict], observed: bool = False) -> str:
+    """One line for a run's error (log hints) or its verdict (events the harness observed)."""
     names = {"test_split_access": "read the held-out test split", "harness_write": "write the frozen harness",
-             "data_write": "write the dataset", "cache_write": "write the shared data cache",
+             "data_write": "write the dataset", "data_access": "read or write the dataset (hidden from eCLIP runs)",
+             "cache_write": "write the shared data cache", "cache_access": "read or write the shared data cache",
+             "connect_denied": "connect to a socket outside its run dir",
+             "run_dir_symlink": "leave a symlink out of its run dir",
              "task_access": "write its task data or read another fold's (or a key)",
              "self_scored": "score itself in metrics.json",
              "state_access": "touch the workspace's git/database",
              "denied_access": "access a protected path"}
     parts = [f"tried to {names.get(e['kind'], e['kind'])} ({e['path']}: {e['detail']})" for e in events[:5]]
-    return "integrity: " + "; ".join(parts) + " - denied by the sandbox and recorded"
+    if observed:
+        return "integrity event observed by the harness: " + "; ".join(parts)
+    return "integrity: " + "; ".join(parts) + " - denied by the sandbox, seen in the run's log, recorded as a hint"

@@ -67,6 +67,7 @@ class TrajectoryPoint(BaseModel):
     objective_std: float | None
     gain: float | None = Field(description="improvement over the previous best (positive = better)")
     description: str
+    compute: str | None = Field(None, description="steps (claimed by the run) and seconds (measured by the harness)")
 
 
 class Trajectory(BaseModel):
@@ -172,7 +173,8 @@ def best_trajectory(lab: Lab, limit: int = 30) -> Trajectory:
         if prev is not None and r["objective"] is not None:
             gain = prev - r["objective"] if cfg.direction == "minimize" else r["objective"] - prev
         points.append(TrajectoryPoint(id=r["id"], objective=r["objective"], objective_std=r["objective_std"],
-                                      gain=_r(gain), description=_clip(r["description"], 100)))
+                                      gain=_r(gain), description=_clip(r["description"], 100),
+                                      compute=ex.compute_label(r)))
         prev = r["objective"] if r["objective"] is not None else prev
     if len(points) > limit:
         points = points[:1] + points[len(points) - (limit - 1):] if limit > 1 else points[-1:]

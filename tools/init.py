@@ -8,6 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+from model.constants import parse_constants
 from model.odvg import ODVGError, resolve_dataset  # torch-free
 from model.presets import list_presets, preset_folds, render_template
 from tools import clients
@@ -23,6 +24,12 @@ TEMPLATES = Path(__file__).parent / "templates"
 TOY = "toy"
 TOY_SCORER = "score.py"
 DATA_DIR = "data/synthetic-prints"
+
+
+def step_budget_of(train_py: str, constant: str) -> int | None:
+    """The template's step budget per fold: the workspace's from then on (a run may not set more)."""
+    value = parse_constants(train_py).get(constant)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def available_presets() -> list[str]:
@@ -140,6 +147,8 @@ def init_workspace(root: Path, *, preset: str = "tiny", data: str | None = None,
         name=root.name, data=data or "", test_annotations=test_annotations, time_budget_s=budget,
         folds=3 if preset == TOY else preset_folds(preset), scorer=["python", TOY_SCORER] if preset == TOY else "eclip",
         baseline_seeds=0 if preset == TOY else 2,  # the toy's 3 folds give a noise estimate; seconds-long runs
+        step_budget=step_budget_of(train_py, "STEPS" if preset == TOY else "MAX_STEPS"),
+        step_budget_constant="STEPS" if preset == TOY else "MAX_STEPS",
         search_space_toml=search_space_toml(default_search_space(preset)))
     if not data:  # toy: no dataset
         config = config.replace('data = ""', '# data = "path/to/dataset"')

@@ -104,6 +104,8 @@ def group_summary(lab: Lab, root_id: int, submitted: list[int] | None = None) ->
             latest = row
     if latest is not None:
         out.verdict, out.verdict_reason = latest["verdict"], latest["verdict_reason"]
+        if out.verdict is None and out.kept_id is not None:  # a seed rerun of the best has no verdict of its own
+            out.verdict = lab.store.get_experiment(out.kept_id)["verdict"]
     pending = [m.id for m in members if m.status in ("queued", "running")]
     if pending:
         out.next = f"runs {pending} are not finished: poll experiment_status(id) or call rerun_experiment with wait=true"

@@ -19,6 +19,7 @@ ended and records it here (`settle_job`): only this machine writes the SQLite st
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -27,9 +28,11 @@ import stat
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from model.constants import ConstantError, parse_constants, rewrite_constants
 from sandbox import SandboxUnavailable
 
 from tools import datacache, guard, hpo, search
@@ -45,7 +48,7 @@ from tools.provenance import main_file, provenance
 from tools.rundir import (fold_dirs, integer, log_tail, metric_rows, number, read_all_steps, read_cache_status, read_metrics,
                           text_facts, write_cache_status)
 from tools.scoring import ScoreError, extras, parse_command_score, score_eclip
-from tools.verdict import stop_note, verdict_fields
+from tools.verdict import compute_note, stop_note, verdict_fields
 from tools.workspace import BEST_REF
 
 
@@ -55,19 +58,34 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
            rerun_kind: str | None = None) -> int:
     """Snapshot the editable files with `params` written into their constants, queue the experiment,
     make sure a supervisor will run it. With `commit`, run that existing snapshot instead (with
-    `params`, a new snapshot of it with those values: seed reruns). A bad param is refused before
-    any snapshot or row exists."""
+    `params`, a new snapshot of it with those values: seed reruns). A bad param, or a budget above
+    the workspace's, is refused before any snapshot or row exists. A new snapshot that differs from
+    an earlier experiment's only in SEED joins that experiment's seed group (a lucky seed is never
+    judged alone)."""
     cfg = lab.config
     budget = float(time_budget_s or cfg.time_budget_s)
     if budget > cfg.max_time_budget_s:
         raise ToolError(f"time_budget_s={budget:g} is above max_time_budget_s={cfg.max_time_budget_s:g} "
                         "set in autoresearch.toml. Fix: ask for less, or have a human raise the maximum.")
     params = dict(params or {})
+    if rerun_of is None:  # reruns and reproductions keep the budget their original ran with
+        check_budget(lab, budget, params)
     if commit is not None and lab.workspace.ref(commit) != commit:
         raise ToolError(f"commit={commit!r} is not a snapshot in this workspace. Fix: rerun an experiment by its id.")
     contents = _baked(lab, params, commit)
+    files = _snapshot_files(lab, contents, commit)
+    if rerun_of is None:
+        check_step_budget(lab, files)
+    code_key = seedless_key(lab, files)
+    if commit is None:
+        if rerun_of is None and code_key is not None:
+            joined = _seed_group_of(lab, code_key)
+            if joined is not None:
+                rerun_of, rerun_kind = joined, "seed"
     best = lab.store.best_experiment()
     config = {"command": cfg.command, "time_budget_s": budget, "workspace": cfg.model_dump(mode="json")}
+    if code_key is not None:
+        config["code_key"] = code_key
     # Commit first, then record the row already 'queued' with its commit: a submitter killed at
     # any point leaves either nothing or a complete queued run, never a half-made one.
     message = f"experiment: {description}\n\n{hypothesis or ''}".strip()
@@ -85,6 +103,89 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
     search.index_diffs(lab)  # the search index is kept on write (issue 16)
     ensure_supervisor(lab)
     return exp_id
+
+
+# -- the budget is the workspace's (autoresearch.toml, the human's) -------------------------------
+def check_budget(lab: Lab, budget: float, params: dict) -> None:
+    """ToolError for a run asking more seconds than the workspace gives, or a budget set through params."""
+    cfg = lab.config
+    if budget > cfg.time_budget_s:
+        raise ToolError(f"time_budget_s={budget:g} is above the workspace's time_budget_s={cfg.time_budget_s:g} "
+                        "(autoresearch.toml): the compute budget is the human's, so every run is compared at the same "
+                        "budget. Fix: leave time_budget_s out (or ask for less), or have a human raise time_budget_s.")
+    for name in params:
+        if "TIME_BUDGET" in str(name).upper():
+            raise ToolError(f"params.{name}: the time budget is the workspace's (time_budget_s in autoresearch.toml), "
+                            "not a run's parameter. Fix: drop it from params; a human changes the budget.")
+
+
+def check_step_budget(lab: Lab, files: dict[str, bytes]) -> None:
+    """budget_rule steps: ToolError when the snapshot's step-budget constant is above the workspace's."""
+    cfg = lab.config
+    script = main_file(lab)
+    if cfg.budget_rule != "steps" or not cfg.step_budget or script is None or files.get(script) is None:
+        return
+    name = cfg.step_budget_constant
+    value = parse_constants(files[script]).get(name)
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > cfg.step_budget:
+        raise ToolError(f"{script}: {name} = {value:g} is above the workspace's step_budget = {cfg.step_budget} "
+                        "(autoresearch.toml): under budget_rule = \"steps\" the step budget is the human's, so a gain "
+                        f"bought with more steps is not progress. Fix: set {name} = {cfg.step_budget} or less, or have "
+                        "a human raise step_budget.")
+
+
+# -- seed-only changes join a seed group ----------------------------------------------------------
+def _snapshot_files(lab: Lab, contents: dict[str, bytes], commit: str | None) -> dict[str, bytes | None]:
+    """The editable files as the new snapshot will hold them (the working tree or `commit`, `contents` over it)."""
+    out: dict[str, bytes | None] = {}
+    for rel in lab.config.editable:
+        if rel in contents:
+            out[rel] = contents[rel]
+            continue
+        if commit is not None:
+            out[rel] = lab.workspace.read_snapshot_file(commit, rel)
+            continue
+        path = lab.root / rel
+        try:
+            out[rel] = path.read_bytes() if path.is_file() and not path.is_symlink() else None
+        except OSError:
+            out[rel] = None
+    return out
+
+
+def seedless_key(lab: Lab, files: dict[str, bytes | None]) -> str | None:
+    """A fingerprint of the editable files with the main file's SEED set to 0, and the SEED itself;
+    two snapshots with one key and different SEEDs differ only in the seed. None without a SEED."""
+    script = main_file(lab)
+    data = files.get(script) if script else None
+    if data is None:
+        return None
+    seed = parse_constants(data).get("SEED")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return None
+    try:
+        text = rewrite_constants(data.decode(), {"SEED": 0})
+    except (ConstantError, UnicodeDecodeError):
+        return None
+    h = hashlib.sha256()
+    for rel in sorted(files):
+        body = text.encode() if rel == script else files[rel]
+        h.update(rel.encode() + b"\0" + (b"-" if body is None else b"+" + body) + b"\0")
+    return f"{h.hexdigest()}:{seed}"
+
+
+def _seed_group_of(lab: Lab, code_key: str) -> int | None:
+    """The root of the seed group whose code equals this key's but for SEED (an identical snapshot, SEED
+    included, is not a new seed: it stays its own experiment); None when there is none."""
+    code, _, seed = code_key.rpartition(":")
+    for row in lab.store.code_key_rows(code + ":"):
+        if row["code_key"] == code_key:
+            return None
+    for row in lab.store.code_key_rows(code + ":"):
+        if row["rerun_kind"] == "reproduce":
+            continue
+        return row["rerun_of"] if row["rerun_kind"] == "seed" and row["rerun_of"] else row["id"]
+    return None
 
 
 def _baked(lab: Lab, params: dict, commit: str | None) -> dict[str, bytes]:
@@ -127,6 +228,8 @@ class Outcome:
     result: object | None = None        # the last SandboxResult
     wall_seconds: float = 0.0
     peak_memory_bytes: int = 0
+    run_seconds: float = 0.0             # the run's own processes (not the scorer), by the harness's clock
+    observed: list | None = None         # integrity events the sandbox itself reported (guard.observed_events)
 
 
 def run_claimed(lab: Lab, exp: dict, should_cancel, slot: int = 0) -> None:
@@ -174,6 +277,10 @@ def wait_run(lab: Lab, exp_id: int | None, policy, should_cancel, outcome: Outco
     result = st.result
     outcome.result = result
     outcome.wall_seconds += result.wall_seconds or 0.0
+    if what != "the scorer":
+        outcome.run_seconds += result.wall_seconds or 0.0
+    if events := guard.observed_events(result):
+        outcome.observed = [*(outcome.observed or []), *events][:guard.MAX_EVENTS_PER_RUN]
     outcome.peak_memory_bytes = max(outcome.peak_memory_bytes, result.peak_memory_bytes or 0)
     if result.status == "timeout":
         outcome.status, outcome.error = "timeout", f"{what}: killed after {result.wall_seconds:.0f} s (budget + grace)"
@@ -320,26 +427,57 @@ def record_from_run_dir(lab: Lab, exp_id: int, *, outcome: Outcome | None = None
     if error and status != "succeeded":
         tail = log_tail(run_dir)
         error = f"{error}\n--- log tail ---\n{tail}" if tail else error
-    denied = guard.denied_accesses(lab, run_dir)
-    if denied:
-        error = guard.describe(denied) + ("\n" + error if error else "")
+    hints = guard.denied_accesses(lab, run_dir)  # the run's own log: hints, labelled as such
+    if hints:
+        error = guard.describe(hints) + ("\n" + error if error else "")
+    observed = list(outcome.observed or []) if outcome is not None else []
     if claimed:  # the score is the harness's: a run that wrote its own is recorded, and ignored
-        denied = [*denied, {"kind": "self_scored", "path": "metrics.json",
-                            "detail": f"wrote {', '.join(claimed[:8])}: ignored, the harness scores every run"}]
+        observed.append({"kind": "self_scored", "path": "metrics.json",
+                         "detail": f"wrote {', '.join(claimed[:8])}: ignored, the harness scores every run"})
     metrics = {**facts, **block} if block is not None and status == "succeeded" else None
+    exp = lab.store.get_experiment(exp_id)
+    harness = {"budget_s": float(exp["time_budget_s"] or lab.config.time_budget_s) if exp else None,
+               "run_seconds": round(outcome.run_seconds, 3) if outcome is not None and outcome.run_seconds else None,
+               "killed_at_deadline": bool(outcome is not None and outcome.status == "timeout"),
+               "recovered": recovered}
     # the denied accesses land in the same transaction as the outcome: a reader that sees the
     # finished row also sees why it failed
     record(lab, exp_id, status=status, error=error, metrics=metrics, objective=objective,
-           result=outcome.result if outcome else None, denied=denied, facts=facts,
+           result=outcome.result if outcome else None, denied=[*observed, *hints], facts=facts,
            wall_seconds=outcome.wall_seconds if outcome else None,
-           peak_memory_bytes=outcome.peak_memory_bytes if outcome else 0)
+           peak_memory_bytes=outcome.peak_memory_bytes if outcome else 0, harness=harness, observed=observed)
+
+
+def claims_contradiction(lab: Lab, facts: dict, harness: dict) -> str | None:
+    """Why the run's claims (metrics.json: steps, max_steps, stopped_by) cannot be true given the harness's
+    own facts (the budget it gave, the seconds it measured, the workspace's step budget); None if they can."""
+    cfg = lab.config
+    steps, max_steps = integer(facts.get("steps")), integer(facts.get("max_steps"))
+    stopped_by = facts.get("stopped_by")
+    said = f"the run claims steps {steps}/{max_steps}, stopped by {stopped_by or '?'}"
+    if steps is not None and max_steps is not None and steps > max_steps:
+        return f"{said}: more steps than its own step budget"
+    processes = cfg.processes if cfg.scorer == "eclip" else 1
+    per = cfg.folds if cfg.scorer != "eclip" else 1  # a command run reports all folds together
+    if cfg.step_budget and max_steps is not None and max_steps > cfg.step_budget * processes * per:
+        return (f"{said}: a step budget above the workspace's step_budget = {cfg.step_budget} per fold "
+                f"({cfg.step_budget * processes * per} in all)")
+    finished = stopped_by == "steps" or (steps is not None and max_steps is not None and steps >= max_steps)
+    secs, budget = harness.get("run_seconds"), harness.get("budget_s")
+    if finished and secs is not None and budget and secs >= budget:
+        return (f"{said} (claimed by the run), but the harness measured {secs:.1f} s of its processes, its whole "
+                f"time budget of {budget:g} s: a run that finished its steps stops inside its budget, so its "
+                "step count cannot be trusted")
+    return None
 
 
 def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metrics: dict | None = None,
            objective: float | None = None, result=None, denied: list[dict] | None = None, facts: dict | None = None,
-           wall_seconds: float | None = None, peak_memory_bytes: int = 0) -> None:
+           wall_seconds: float | None = None, peak_memory_bytes: int = 0, harness: dict | None = None,
+           observed: list[dict] | None = None) -> None:
     """Write the outcome, the verdict, the denied accesses and the best ref in one transaction
-    (concurrent runs serialise)."""
+    (concurrent runs serialise). `harness`: the facts the supervisor owns (the budget it gave, the
+    seconds it measured); `observed`: the integrity events it saw itself (they bite: never kept)."""
     store, cfg = lab.store, lab.config
     exp = store.get_experiment(exp_id)
     run_dir = lab.run_dir(exp_id)
@@ -368,6 +506,16 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
             fields["peak_memory_gb"] = mem
     if metrics is not None or facts:
         config["run"] = text_facts(metrics if metrics is not None else facts)
+    if facts:  # what metrics.json says about its own compute is the run's claim, and shown as one
+        config["claimed_by_the_run"] = {k: facts.get(k) for k in ("steps", "max_steps", "stopped_by", "train_seconds")
+                                        if facts.get(k) is not None}
+    harness = dict(harness or {})
+    if harness:
+        config["harness"] = harness
+    contradiction = claims_contradiction(lab, facts, harness) if metrics is not None else None
+    blocked = guard.describe(observed, observed=True) if observed else None
+    compute = compute_note(steps_done, steps_max, fields.get("duration_s") if harness.get("run_seconds") is None
+                           else harness["run_seconds"])
     if (cache_status := read_cache_status(run_dir)) is not None:
         config["data_cache"] = cache_status
     if result is not None:
@@ -378,7 +526,8 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
     with store.transaction() as conn:
         best_before = store.best_experiment_in(conn)
         if metrics is not None:  # noise-aware verdict; seed reruns are judged as a group (tools/verdict.py)
-            fields.update(verdict_fields(store, conn, exp, objective, fields.get("objective_std"), cfg, stop=stop))
+            fields.update(verdict_fields(store, conn, exp, objective, fields.get("objective_std"), cfg, stop=stop,
+                                         blocked=blocked, contradiction=contradiction, compute=compute))
             if cfg.leak_note:  # named wherever it is shown
                 fields["verdict_reason"] = f"{cfg.leak_note} {fields.get('verdict_reason') or ''}".strip()
             store.replace_metrics(exp_id, metric_rows(metrics), conn)
@@ -484,14 +633,60 @@ def recover(lab: Lab, *, kick: bool = True) -> list[int]:
             settle_job(lab, exp, handle, status)
             settled.append(exp["id"])
             continue
-        record_from_run_dir(lab, exp["id"], recovered=True)
-        row = lab.store.get_experiment(exp["id"])
-        if row["status"] == "interrupted":
-            lab.store.update_experiment(exp["id"], error=f"the supervisor died before the run finished: {row['error']}")
+        with _recovering(lab, exp["id"]) as mine:
+            if not mine or lab.store.get_experiment(exp["id"])["status"] != "running":
+                continue  # another process is settling it, or has
+            outcome = rescore(lab, exp) if lab.config.scorer != "eclip" else None
+            record_from_run_dir(lab, exp["id"], outcome=outcome, recovered=True)
+            row = lab.store.get_experiment(exp["id"])
+            if row["status"] == "interrupted" and outcome is None:
+                lab.store.update_experiment(exp["id"], error=f"the supervisor died before the run finished (its "
+                                                             f"outputs are incomplete): {row['error']}")
         settled.append(exp["id"])
     if kick and (in_flight or lab.store.count_experiments("queued")):
         ensure_supervisor(lab)
     return settled
+
+
+@contextmanager
+def _recovering(lab: Lab, exp_id: int):
+    """True for the one process that settles an orphaned run (recovery runs in the supervisor and in
+    status calls; only one may score it)."""
+    folder = lab.state_dir / "recovering"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"{exp_id}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def rescore(lab: Lab, exp: dict) -> Outcome | None:
+    """A workspace scorer's run whose supervisor died: scored already (None: score() reads it), else the
+    scorer is run now over what the run wrote. A run that trained is scored whoever died in between;
+    when its outputs cannot be scored the error says the supervisor died and what the scorer found."""
+    try:
+        score(lab, exp["id"])
+        return None
+    except ScoreError:
+        pass
+    run_dir = lab.run_dir(exp["id"])
+    outcome = Outcome()
+    try:
+        run_command_scorer(lab, exp, run_dir, run_dir / "code", lambda: False, outcome)
+    except SandboxUnavailable as exc:
+        outcome.status, outcome.error = "failed", f"sandbox refused: {exc}"
+    if outcome.status != "succeeded":
+        return Outcome(status="interrupted", error=(
+            "the supervisor died after the run started and before its scorer answered; the scorer, run again "
+            f"over what the run wrote, could not score it ({outcome.error}): the run did not finish its outputs. "
+            "Fix: rerun the experiment"))
+    return Outcome(status="succeeded")
 
 
 # -- SLURM: one job per experiment (the supervisor submits and settles) ---------------------
@@ -585,7 +780,8 @@ def write_outcome(lab: Lab, exp_id: int, outcome: Outcome) -> None:
     """The entry point's account of its run (the job's folder: the run cannot write it)."""
     result = outcome.result.to_dict() if isinstance(outcome.result, SandboxResult) else None
     data = {"status": outcome.status, "error": outcome.error, "wall_seconds": outcome.wall_seconds,
-            "peak_memory_bytes": outcome.peak_memory_bytes, "result": result}
+            "peak_memory_bytes": outcome.peak_memory_bytes, "result": result, "run_seconds": outcome.run_seconds,
+            "observed": outcome.observed}
     path = jobs_dir(lab, exp_id) / JOB_OUTCOME
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(data, default=str))
@@ -604,6 +800,8 @@ def read_outcome(lab: Lab, exp_id: int) -> Outcome | None:
         status = data["status"] if data.get("status") in ("succeeded", "failed", "timeout", "cancelled") else "failed"
         return Outcome(status=status, error=data.get("error"), result=result,
                        wall_seconds=float(data.get("wall_seconds") or 0.0),
-                       peak_memory_bytes=int(data.get("peak_memory_bytes") or 0))
+                       peak_memory_bytes=int(data.get("peak_memory_bytes") or 0),
+                       run_seconds=float(data.get("run_seconds") or 0.0),
+                       observed=[e for e in data.get("observed") or [] if isinstance(e, dict)][:guard.MAX_EVENTS_PER_RUN])
     except (OSError, ValueError, TypeError, KeyError):
         return None

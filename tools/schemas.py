@@ -74,6 +74,9 @@ class ResultRow(BaseModel):
     duration_s: float | None
     description: str
     stopped: str | None = None
+    role: str | None = Field(None, description="what the row is when not a plain experiment: 'seed rerun of #N', "
+                                               "'reproduction of #N'")
+    compute: str | None = Field(None, description="steps (claimed by the run) and seconds (measured by the harness)")
     metrics: dict[str, float] | None = None
 
 

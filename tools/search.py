@@ -28,7 +28,7 @@ MAX_DIFF_CHARS = 20_000
 Query = Annotated[str, Field(min_length=1, max_length=200,
                              description="words to find, e.g. 'warmup LR'; all must match (falls back to any); "
                                          "'warm*' matches a prefix")]
-Verdict = Literal["baseline", "improved", "not_improved", "inconclusive"]
+Verdict = Literal["baseline", "improved", "improved?", "not_improved", "inconclusive", "incomparable"]
 SearchLimit = Annotated[int, Field(10, ge=1, le=50, description="hits to return (at most 50)")]
 
 

@@ -309,8 +309,8 @@ class Store:
         transaction, so it sees the group columns that transaction refreshed)."""
         cur = conn.execute(
             "SELECT id, coalesce(group_objective, objective) AS objective, coalesce(group_std, objective_std) "
-            "AS objective_std, group_n, verdict FROM experiments WHERE kept = 1 ORDER BY finished_at DESC, id DESC "
-            "LIMIT 1")
+            "AS objective_std, group_n, verdict, time_budget_s, steps, max_steps, duration_s FROM experiments "
+            "WHERE kept = 1 ORDER BY finished_at DESC, id DESC LIMIT 1")
         row = cur.fetchone()
         return dict(zip([d[0] for d in cur.description], row)) if row else None
 
@@ -335,6 +335,16 @@ class Store:
             "ORDER BY id",
             (root_id, root_id, exclude_id)).fetchall()
 
+    def group_pending(self, conn: sqlite3.Connection, root_id: int, exclude_id: int) -> int:
+        """Runs of root_id's seed group still queued or running (exclude_id: the one being recorded)."""
+        return conn.execute("SELECT count(*) FROM experiments WHERE (id = ? OR (rerun_of = ? AND rerun_kind = 'seed')) "
+                            "AND status IN ('queued', 'running') AND id != ?", (root_id, root_id, exclude_id)).fetchone()[0]
+
+    def settle_provisional(self, conn: sqlite3.Connection, experiment_id: int, verdict: str, note: str) -> None:
+        """An `improved?` run's final word once its confirmation reruns landed (its row is never kept)."""
+        conn.execute("UPDATE experiments SET verdict = ?, verdict_reason = coalesce(verdict_reason, '') || ? "
+                     "WHERE id = ? AND verdict = 'improved?'", (verdict, " " + note, experiment_id))
+
     def set_group_stats(self, conn: sqlite3.Connection, ids: list[int], n: int, mean: float, std: float) -> None:
         if ids:
             marks = ", ".join("?" for _ in ids)
@@ -356,6 +366,15 @@ class Store:
     def best_changes(self, limit: int = 50) -> list[dict]:
         return list(self.db.query("SELECT * FROM best_changes ORDER BY id DESC LIMIT ?", [int(limit)]))
 
+    def code_key_rows(self, prefix: str, limit: int = 50) -> list[dict]:
+        """Live or succeeded experiments whose code fingerprint (config_json's code_key, runs.seedless_key)
+        starts with `prefix`, newest first: the runs a seed-only change joins."""
+        return list(self.db.query(
+            "SELECT id, rerun_of, rerun_kind, code_key FROM (SELECT id, rerun_of, rerun_kind, "
+            "json_extract(config_json, '$.code_key') AS code_key FROM experiments "
+            "WHERE status IN ('queued', 'running', 'succeeded')) WHERE substr(code_key, 1, ?) = ? "
+            "ORDER BY id DESC LIMIT ?", [len(prefix), prefix, limit]))
+
     def seed_group(self, root_id: int, limit: int = 100) -> list[dict]:
         """The original run and its seed reruns, in id order."""
         return list(self.db.query(
@@ -364,8 +383,9 @@ class Store:
 
     def kept_experiments(self) -> list[dict]:
         """Every run that became the best, in the order it did."""
-        return list(self.db.query("SELECT id, objective, objective_std, description FROM experiments WHERE kept = 1 "
-                                  "ORDER BY finished_at, id"))
+        return list(self.db.query("SELECT id, objective, objective_std, description, status, steps, max_steps, "
+                                  "duration_s, json_extract(config_json, '$.harness') AS harness FROM experiments "
+                                  "WHERE kept = 1 ORDER BY finished_at, id"))
 
     def status_counts(self) -> dict[str, int]:
         return dict(self.db.conn.execute("SELECT status, count(*) FROM experiments GROUP BY status").fetchall())

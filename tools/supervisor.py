@@ -26,6 +26,7 @@ from tools.config import slot_count
 from tools.errors import ToolError
 from tools.lab import Lab
 from tools.reruns import submit_reruns
+from tools.verdict import PROVISIONAL
 from tools.executors import executor_for, load_handle
 from tools.runs import (record, recover, run_claimed, settle_job, submit_job, supervisor_alive,
                         supervisor_lock_path)
@@ -66,6 +67,28 @@ def queue_baseline_seeds(lab: Lab, exp_id: int) -> None:
         print(f"supervisor: no baseline seed reruns for #{exp_id}: {exc}", file=sys.stderr)
 
 
+def queue_confirm_seeds(lab: Lab, exp_id: int) -> None:
+    """After an `improved?` verdict (a gain with no noise of its own), its confirmation seed reruns
+    (`confirm_seeds`): the group of them decides whether it becomes the best."""
+    n = lab.config.confirm_seeds
+    row = lab.store.get_experiment(exp_id)
+    if not n or row is None or row["verdict"] != PROVISIONAL or row["rerun_of"] is not None:
+        return
+    if len(lab.store.seed_group(exp_id)) > 1:
+        return
+    try:
+        submit_reruns(lab, exp_id, n)
+    except ToolError as exc:  # a snapshot without SEED: it stays improved? and says so
+        lab.store.update_experiment(exp_id, verdict_reason=(row["verdict_reason"] or "") +
+                                    f" No confirmation reruns could be queued: {exc}")
+
+
+def queue_reruns(lab: Lab, exp_id: int) -> None:
+    """The reruns the product queues itself after a recorded run: baseline noise, confirmations."""
+    queue_baseline_seeds(lab, exp_id)
+    queue_confirm_seeds(lab, exp_id)
+
+
 def watch_jobs(lab: Lab, pid: int, terminating: list) -> int:
     """The slurm supervisor's loop: submit, poll, cancel on request, record; SLURM does the scheduling."""
     executor = executor_for(lab)
@@ -92,7 +115,7 @@ def watch_jobs(lab: Lab, pid: int, terminating: list) -> int:
                             record(lab, exp["id"], status="failed",
                                    error=f"supervisor error recording {handle.executor} job {handle.job_id}: "
                                          f"{type(exc).__name__}: {exc}")
-                        queue_baseline_seeds(lab, exp["id"])
+                        queue_reruns(lab, exp["id"])
                 in_flight = len(lab.store.experiments_with_status("running"))
                 while in_flight < jobs_cfg.max_jobs and not terminating:
                     exp = lab.store.claim_next_queued(pid)
@@ -151,7 +174,8 @@ def main(argv: list[str]) -> int:
     terminating = []
     signal.signal(signal.SIGTERM, lambda *_: terminating.append(True))
     try:
-        recover(lab, kick=False)  # runs orphaned by a supervisor that was killed
+        for settled in recover(lab, kick=False):  # runs orphaned by a supervisor that was killed
+            queue_reruns(lab, settled)
         if lab.config.executor != "local":
             return watch_jobs(lab, pid, terminating)
         while True:
@@ -164,7 +188,7 @@ def main(argv: list[str]) -> int:
                         break
                     cancel_file = lab.run_dir(exp["id"]) / "cancel"
                     run_claimed(lab, exp, should_cancel=lambda: bool(terminating) or cancel_file.exists(), slot=slot)
-                    queue_baseline_seeds(lab, exp["id"])
+                    queue_reruns(lab, exp["id"])
             if terminating or not lab.store.count_experiments("queued"):
                 return 0
     finally:

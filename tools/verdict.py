@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class Verdict:
-    verdict: str          # baseline | improved | not_improved | inconclusive | incomparable
+    verdict: str          # baseline | improved | not_improved | inconclusive | incomparable (| improved?, set by
+                          # verdict_fields: a gain with no noise of its own, until its seed reruns confirm it)
     delta: float | None   # objective - best objective (negative is better when minimising)
     margin: float         # how far past the best a run must land to count
     keep: bool            # advance refs/autoresearch/best
@@ -103,31 +104,81 @@ def stop_note(steps, max_steps, stopped_by) -> str | None:
     return None
 
 
-def verdict_fields(store, conn, exp: dict, objective: float, std: float | None, cfg, stop: str | None = None) -> dict:
+def compute_note(steps, max_steps, duration_s) -> str:
+    """'300/300 steps (claimed by the run), 41 s (measured by the harness)': the compute one run used."""
+    st = f"{steps if steps is not None else '?'}/{max_steps if max_steps is not None else '?'} steps (claimed by the run)"
+    secs = "? s" if duration_s is None else f"{duration_s:.0f} s"
+    return f"{st}, {secs} (measured by the harness)"
+
+
+def _compute_line(compute: str | None, best: dict | None) -> str:
+    if not compute:
+        return ""
+    theirs = "" if best is None else (f"; best #{best['id']}: "
+                                      f"{compute_note(best.get('steps'), best.get('max_steps'), best.get('duration_s'))}")
+    return f" Compute: this run {compute}{theirs}."
+
+
+def _incomparable(store, conn, objective, reason: str) -> dict:
+    best = store.best_for_verdict(conn)
+    delta = None if best is None else objective - best["objective"]
+    return {"verdict": "incomparable", "delta": delta, "kept": 0, "best_id_at_verdict": best["id"] if best else None,
+            "verdict_reason": reason}
+
+
+def verdict_fields(store, conn, exp: dict, objective: float, std: float | None, cfg, stop: str | None = None,
+                   blocked: str | None = None, contradiction: str | None = None, compute: str | None = None) -> dict:
     """verdict, delta, kept, best_id_at_verdict, verdict_reason (+ group columns) for a succeeded run.
     Seed reruns also refresh the group columns of the other members through `conn`. `stop`: the
-    run did not finish its step budget (stop_note)."""
+    run did not finish its step budget (stop_note). `blocked`: the integrity events the harness
+    observed (never kept). `contradiction`: the run's claims contradict the harness's facts.
+    `compute`: this run's compute_note, shown beside the best's."""
     kind = exp.get("rerun_kind")
+    if blocked and kind != "reproduce":
+        return _incomparable(store, conn, objective, f"{blocked}: a run with an integrity event is never kept or best. "
+                                                     "Fix: remove what did it from train.py and run again.")
+    if contradiction and cfg.budget_rule == "steps" and kind != "reproduce":
+        return _incomparable(store, conn, objective, f"{contradiction}, so it is not compared. Fix: report steps and "
+                                                     "stopped_by as they were; lower the step budget constant if the "
+                                                     "time budget cuts the run.")
     if stop and cfg.budget_rule == "steps" and kind != "reproduce":
-        best = store.best_for_verdict(conn)
-        delta = None if best is None else objective - best["objective"]
-        return {"verdict": "incomparable", "delta": delta, "kept": 0, "best_id_at_verdict": best["id"] if best else None,
-                "verdict_reason": (f"{stop}: it trained less than its step budget, so it is not compared (the step "
-                                   "budget decides; the time budget is a safety net). Fix: a human raises time_budget_s "
-                                   "in autoresearch.toml, or lower MAX_STEPS, or run when the machine is quieter")}
+        return _incomparable(store, conn, objective,
+                             f"{stop}: it trained less than its step budget, so it is not compared (the step "
+                             "budget decides; the time budget is a safety net). Fix: a human raises time_budget_s "
+                             "in autoresearch.toml, or lower MAX_STEPS, or run when the machine is quieter")
     if kind == "reproduce":
         ref = store.objective_of(conn, exp["rerun_of"])
         delta = None if ref is None else objective - ref
         reason = (f"reproduction of #{exp['rerun_of']}: objective {objective:.10g} vs {ref if ref is None else f'{ref:.10g}'}"
                   + ("" if delta is None else f" (difference {delta:+.3g})") + "; not judged against the best")
         return {"verdict": None, "delta": delta, "kept": 0, "best_id_at_verdict": None, "verdict_reason": reason}
-    if kind == "seed":
-        return _group_verdict(store, conn, exp, objective, std, cfg)
     best = store.best_for_verdict(conn)
+    if cfg.budget_rule == "time" and best is not None and best.get("time_budget_s") is not None \
+            and exp.get("time_budget_s") is not None and float(exp["time_budget_s"]) != float(best["time_budget_s"]):
+        return _incomparable(store, conn, objective,
+                             f"time budget {float(exp['time_budget_s']):g} s differs from the best's "
+                             f"{float(best['time_budget_s']):g} s (#{best['id']}): under budget_rule = \"time\" runs are "
+                             "compared at equal seconds only. Fix: run with the workspace's time_budget_s (leave it "
+                             "out); after a human changed it, rerun the best at the new budget first.")
+    if kind == "seed":
+        fields = _group_verdict(store, conn, exp, objective, std, cfg)
+        fields["verdict_reason"] += _compute_line(compute, best)
+        return fields
     v = judge(objective=objective, std=std, best=best, direction=cfg.direction, sigmas=cfg.noise_sigma)
     time_rule = " (time-fair budget: runs are compared at equal seconds, steps vary)" if cfg.budget_rule == "time" else ""
-    return {"verdict": v.verdict, "delta": v.delta, "kept": int(v.keep), "best_id_at_verdict": best["id"] if best else None,
-            "verdict_reason": v.reason + _best_note(best) + time_rule}
+    fields = {"verdict": v.verdict, "delta": v.delta, "kept": int(v.keep), "best_id_at_verdict": best["id"] if best else None,
+              "verdict_reason": v.reason + _best_note(best) + time_rule}
+    if v.verdict == "improved" and not std and cfg.confirm_seeds > 0:
+        # one run, no spread of its own: a lucky seed looks exactly like this (issue 21)
+        fields.update(verdict=PROVISIONAL, kept=0, verdict_reason=fields["verdict_reason"] + (
+            f". Provisional: one run with no noise estimate of its own (one fold, one seed); {cfg.confirm_seeds} "
+            f"confirmation seed rerun(s) are queued, and only if the group of them still beats the best does it "
+            "become the best; the best is unchanged meanwhile."))
+    fields["verdict_reason"] += _compute_line(compute, best)
+    return fields
+
+
+PROVISIONAL = "improved?"
 
 
 def _group_verdict(store, conn, exp: dict, objective: float, std: float | None, cfg) -> dict:
@@ -140,7 +191,7 @@ def _group_verdict(store, conn, exp: dict, objective: float, std: float | None, 
     text = describe_group(ids, g)
     best = store.best_for_verdict(conn)  # reads the refreshed group columns
     if best is not None and best["id"] in ids:
-        fields.update(verdict=best["verdict"] or "baseline", delta=objective - best["objective"], kept=0,
+        fields.update(verdict=None, delta=objective - best["objective"], kept=0,
                       best_id_at_verdict=best["id"],
                       verdict_reason=(f"seed rerun of the current best #{best['id']} (delta measured against the "
                                       f"group's mean): {text}. The best's noise estimate is now {g['std']:.4g}; later "
@@ -156,6 +207,17 @@ def _group_verdict(store, conn, exp: dict, objective: float, std: float | None, 
                                   f"minus the best's): {v.reason}{_best_note(best)}"))
     if v.keep:
         fields["verdict_reason"] += f". Kept: this row (snapshot of #{root}) is the new best."
+    root_row = store.judged_row(conn, root)
+    if root_row is not None and root_row["verdict"] == PROVISIONAL:
+        if v.keep:
+            store.settle_provisional(conn, root, "improved", f"Confirmed by its seed group ({text}): seed rerun "
+                                                             f"#{exp['id']} is kept as the best.")
+            fields["verdict_reason"] += f" It confirms #{root} (improved?)."
+        elif not store.group_pending(conn, root, exp["id"]):
+            store.settle_provisional(conn, root, v.verdict, f"Not confirmed: with its seed reruns the group is "
+                                                            f"{v.verdict.replace('_', ' ')} ({text}); the best stays "
+                                                            f"#{best['id'] if best else '-'}.")
+            fields["verdict_reason"] += f" #{root} (improved?) is not confirmed; the best is unchanged."
     return fields
 
 
