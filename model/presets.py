@@ -10,15 +10,17 @@ the comment stays unless the preset gives its own), ready to be copied into a wo
           a whole experiment in about 100 s on 2 idle cores.
   seed    GPU: the seed's final configuration on open_clip: ViT-S/16 at 224 + a 12-layer
           384-wide text transformer (open_clip ViT-S-16, ~62 M parameters), projection 512,
-          LR 2e-4, warm-up 160, 800 steps of 64, the `seed` expert variant at p = 0.8, 3 folds.
+          LR 2e-4, warm-up 160, 800 steps of 64, the `seed` expert variant at p = 0.8, 3 eval pools (the
+          leak-free split protocol; the seed itself used 3 leaky pooled folds).
           Set PRETRAINED / PRETRAINED_VISUAL / PRETRAINED_TEXT to local weights to compare with
           the seed (its towers were pretrained); without them the log says it trains from scratch.
   replay  CPU: the seed's *starting* hyperparameters on the tiny towers: LR 3e-4, batch 48,
           400 steps, projection 128, the `seed` expert variant at p = 0.3, and the seed's own
           logit-scale settings (LOGIT_SCALE_INIT 1/0.07, LOGIT_SCALE_MAX 2.0).
 
-The number of folds is the workspace's (autoresearch.toml), not a train.py constant, so the agent
-cannot change the split; `preset_folds(name)` is a preset's suggested value for `init`.
+The protocol and its k (eval pools, or folds under the leaky kfold-pooled protocol) are the
+workspace's (autoresearch.toml), not train.py constants, so the agent cannot change the split;
+`preset_folds(name)` is a preset's suggested k for `init`.
 """
 from __future__ import annotations
 
@@ -57,7 +59,7 @@ _TINY = {
     "MIXUP_ALPHA": 0.3,
 }
 
-# folds of the protocol a workspace on the preset gets (autoresearch.toml; not a train.py constant)
+# k of the protocol a workspace on the preset gets (eval pools of the split protocol) (autoresearch.toml; not a train.py constant)
 FOLDS = {"tiny": 1, "seed": 3, "replay": 1}
 
 PRESETS: dict[str, dict] = {
@@ -104,7 +106,7 @@ PRESETS: dict[str, dict] = {
 DESCRIPTIONS = {
     "tiny": "CPU: 64 px, small towers (ViT 4 layers, text 2), 1 fold, 300 steps of 64, seed expert p=0.3; "
             "a full experiment in ~100 s on 2 cores",
-    "seed": "GPU: ViT-S/16 at 224 + 12-layer text, proj 512, 800 steps of 64, seed expert p=0.8, 3 folds",
+    "seed": "GPU: ViT-S/16 at 224 + 12-layer text, proj 512, 800 steps of 64, seed expert p=0.8, 3 eval pools",
     "replay": "CPU: the seed's starting hyperparameters (lr 3e-4, batch 48, 400 steps, proj 128, "
               "expert p=0.3) and its logit-scale settings",
 }

@@ -26,6 +26,7 @@ Outputs in AR_RUN_DIR:
 from __future__ import annotations
 
 import atexit
+import hashlib
 import json
 import math
 import os
@@ -149,6 +150,15 @@ def save_embeddings(image_emb, text_emb) -> dict | None:
           f"{m['random_mean_rank']:.1f}, R@1 i2t {m['i2t_r1']:.3f} t2i {m['t2i_r1']:.3f}"
           + (f", twin_acc {m['twin_acc']:.3f}" if "twin_acc" in m else ""), flush=True)
     return m
+
+
+def content_order(rows: torch.Tensor) -> torch.Tensor:
+    """The permutation that sorts `rows` by a hash of each row's bytes (ties: by position). It depends on
+    the rows' content only, never on the order a run received them in: batching the eval set this way
+    makes a row's numerics the same in every run, whatever its secret order."""
+    arr = rows.numpy() if isinstance(rows, torch.Tensor) else np.asarray(rows)
+    keys = [hashlib.blake2b(np.ascontiguousarray(arr[i]).tobytes(), digest_size=16).digest() for i in range(len(arr))]
+    return torch.tensor(sorted(range(len(keys)), key=lambda i: (keys[i], i)), dtype=torch.long)
 
 
 def time_budget(default: float) -> float:

@@ -286,7 +286,10 @@ def test_agent_runs_cannot_see_test_runs_or_the_heldout_folder(heldout_lab):
     exp = {"id": 1, "time_budget_s": 10, "params_json": "{}"}
     policy = launch.sandbox_policy(lab, exp, lab.run_dir(1), lab.run_dir(1) / "code")
     hidden = {str(h) for h in policy.hidden}
-    assert str(lab.root / "data" / "heldout") in hidden and str(lab.state_dir / "test_runs") in hidden
+    assert str(lab.root / "data" / "heldout") in hidden          # under the granted data folder: hidden
+    assert lab.state_dir in policy.masked                          # test runs: under the masked state dir,
+    assert not any(g == lab.state_dir / "test_runs" or g in (lab.state_dir / "test_runs").parents  # not granted
+                   for g in [policy.run_dir, *policy.read_only] if g != lab.state_dir)
     assert policy.env["AR_EVAL_SPLIT"] == "val" and "AR_TEST_ANNOTATIONS" not in policy.env
 
 

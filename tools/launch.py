@@ -35,7 +35,7 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     cfg = lab.config
     budget = float(budget_s if budget_s is not None else (exp["time_budget_s"] or cfg.time_budget_s))
     env = {"AR_RUN_DIR": str(run_dir), "AR_TIME_BUDGET_S": f"{budget:g}", "AR_EXPERIMENT_ID": str(exp["id"]),
-           "AR_NUM_FOLDS": str(cfg.processes), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+           "AR_NUM_FOLDS": str(cfg.processes if cfg.scorer == "eclip" else cfg.folds), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     threads = str(threads_per_run(cfg))  # explicit: oversubscribed threads are the slowest thing on a busy box
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, AR_THREADS=threads)
     read_only = [code_dir]

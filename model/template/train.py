@@ -5,10 +5,10 @@ image-caption pairs, for ONE fold of the protocol, then embed that fold's eval p
 This is the file you edit. The harness in `model/` (data, heatmaps, building blocks, the task
 loader) is frozen, and the score is not computed here: the supervisor ranks the embeddings this
 script saves against the pairing it keeps to itself (mean rank of the true match, both
-directions, lower is better; the random baseline (N-1)/2). The eval pool reaches this script as
-images and captions in two independent shuffled orders, so the pairing cannot be looked up.
-One process trains one fold; the supervisor starts one per fold (the number of folds is the
-workspace's, not this file's).
+directions, lower is better; the random baseline (N-1)/2). The eval set reaches this script as
+images and captions in two independent shuffled orders, fresh for every run, so the pairing
+cannot be looked up. The protocol is the workspace's, not this file's: by default one process
+trains on the training split and is scored on disjoint pools of the validation pairs.
 
 Run:  python train.py   (without AR_TASK_DIR it builds a one-fold task from the default
       dataset and prints a local score: a convenience, not a recorded result)
@@ -292,12 +292,17 @@ if SAVE_CHECKPOINT:
 # ---------------------------------------------------------------------------------------------
 @torch.no_grad()
 def embed(encode, inputs, prep=None):
-    """encode() over inputs in batches of EVAL_BATCH_SIZE -> float32 CPU [len(inputs), EMBED_DIM]."""
-    out = []
+    """encode() over inputs in batches of EVAL_BATCH_SIZE -> float32 CPU [len(inputs), EMBED_DIM], row r
+    for row r. Batches follow the rows' content, not the run's secret order, so a row always shares its
+    batch with the same rows and a rerun's embeddings are bit-identical."""
+    order, out = runtime.content_order(inputs), None
     for s in range(0, len(inputs), EVAL_BATCH_SIZE):
-        x = inputs[s:s + EVAL_BATCH_SIZE].to(device)
-        out.append(encode(prep(x) if prep else x).float().cpu())
-    return torch.cat(out)
+        rows = order[s:s + EVAL_BATCH_SIZE]
+        x = inputs[rows].to(device)
+        y = encode(prep(x) if prep else x).float().cpu()
+        out = y.new_empty(len(inputs), y.shape[1]) if out is None else out
+        out[rows] = y
+    return out
 
 
 model.eval()  # float32 (no autocast): bf16 similarities would tie
