@@ -359,7 +359,7 @@ def after_run(lab: Lab, experiment_id: int) -> None:
 def default_search_space(preset: str) -> dict[str, dict]:
     if preset == "toy":
         return {"LR": {"type": "float", "low": 0.01, "high": 3.0, "log": True},
-                "STEPS": {"type": "int", "low": 50, "high": 400},
+                "STEPS": {"type": "int", "low": 50, "high": 200},   # the toy's step budget: more is not progress
                 "L2": {"type": "float", "low": 1e-5, "high": 1e-1, "log": True}}
     steps = {"seed": 800, "replay": 400}.get(preset, 300)  # MAX_STEPS of each preset
     batches = [32, 48, 64, 96] if preset == "seed" else [32, 48, 64, 128]
