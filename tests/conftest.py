@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -59,3 +60,11 @@ def wait_until(pred, timeout=30.0, interval=0.1):
             return True
         time.sleep(interval)
     return pred()
+
+
+def missing_external(why: str, fix: str) -> None:
+    """A program from outside Python is missing: skip with the command that enables it, or fail
+    under AUTORESEARCH_REQUIRE_EXTERNAL=1 (CI installs it, so its absence there is a failure)."""
+    if os.environ.get("AUTORESEARCH_REQUIRE_EXTERNAL") == "1":
+        pytest.fail(f"{why} (AUTORESEARCH_REQUIRE_EXTERNAL=1). Fix: {fix}")
+    pytest.skip(f"{why}. Enable with: {fix}")

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing_external
+
 ROOT = Path(__file__).resolve().parents[1]
 INSPECTOR_VERSION = "2.12.0"  # keep in step with .ci/run
 INSTALL = f"npm install --no-save --prefix .ci/node @modelcontextprotocol/inspector@{INSPECTOR_VERSION}"
@@ -34,12 +36,12 @@ def find_inspector() -> str | None:
 def inspector() -> str:
     missing = [tool for tool in ("node", "npm") if shutil.which(tool) is None]
     if missing:
-        pytest.skip(f"{' and '.join(missing)} not installed: the MCP Inspector CLI check needs Node >= 20 and npm "
-                    f"(then: {INSTALL}, as .ci/run does)")
+        missing_external(f"{' and '.join(missing)} not installed: the MCP Inspector CLI check needs Node >= 20 and npm",
+                         f"install Node >= 20 with npm, then {INSTALL} (as .ci/run does)")
     path = find_inspector()
     if path is None:
-        pytest.fail(f"the MCP Inspector CLI is not installed. Fix: {INSTALL} (what .ci/run does), "
-                    "or point AR_INSPECTOR at an mcp-inspector binary")
+        missing_external("the MCP Inspector CLI is not installed",
+                         f"{INSTALL} (what .ci/run does), or point AR_INSPECTOR at an mcp-inspector binary")
     return path
 
 

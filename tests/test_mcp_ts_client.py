@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import missing_external
+
 ROOT = Path(__file__).resolve().parents[1]
 SDK_VERSION = "1.32.2"  # keep in step with .ci/run
 NODE_MODULES = ROOT / ".ci/node/node_modules"
@@ -24,9 +26,10 @@ INSTALL = f"npm install --no-save --prefix .ci/node @modelcontextprotocol/sdk@{S
 
 def test_typescript_sdk_with_strict_schema_validation(toy_ws):
     if shutil.which("node") is None:
-        pytest.skip(f"node not installed: the TypeScript SDK client needs Node >= 18 (then: {INSTALL}, as .ci/run does)")
+        missing_external("node not installed: the TypeScript SDK client needs Node >= 18",
+                         f"install Node, then {INSTALL} (as .ci/run does)")
     if not (NODE_MODULES / "@modelcontextprotocol/sdk/package.json").is_file():
-        pytest.fail(f"the MCP TypeScript SDK is not installed. Fix: {INSTALL} (what .ci/run does)")
+        missing_external("the MCP TypeScript SDK is not installed", f"{INSTALL} (what .ci/run does)")
     argv = [sys.executable, "-P", "-m", "server.cli", "serve", "--workspace", str(toy_ws)]
     proc = subprocess.run(["node", str(ROOT / "tests/mcp_strict_client.cjs")], capture_output=True, text=True,
                           stdin=subprocess.DEVNULL, timeout=240, cwd=toy_ws,
