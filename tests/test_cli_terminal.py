@@ -46,8 +46,16 @@ def test_run_progress_redraws_in_place(toy_ws):
     assert "val loss" in final and not any(w in final for w in MCP_WORDS), final
 
 
+def _runs_that_never_end_first(ws) -> None:
+    """A run a test must interrupt: a workspace budget far beyond what a busy machine could use up
+    (600 steps x 0.2 s = 2 min of sleep, budget 30 min), so it never finishes on its own first."""
+    toml = ws / "autoresearch.toml"
+    toml.write_text(re.sub(r"(?m)^time_budget_s = [0-9.]+", "time_budget_s = 1800", toml.read_text()))
+
+
 def test_ctrl_c_cancels_the_run_and_leaves_no_process(toy_ws):
-    t = Term(["run", "-m", "a run to interrupt", "--params", '{"SLEEP_PER_STEP": 0.05}'], toy_ws)
+    _runs_that_never_end_first(toy_ws)
+    t = Term(["run", "-m", "a run to interrupt", "--params", '{"SLEEP_PER_STEP": 0.2}'], toy_ws)
     assert t.wait_for(r"running .*step \d+/600", timeout=90), t.screen.text()
     t.ctrl_c()
     rc = t.finish(90)
@@ -65,7 +73,8 @@ def test_ctrl_c_cancels_the_run_and_leaves_no_process(toy_ws):
 
 
 def test_detach_leaves_it_running_and_says_how_to_cancel(toy_ws):
-    t = Term(["run", "--detach", "-m", "a detached run", "--params", '{"SLEEP_PER_STEP": 0.05}'], toy_ws)
+    _runs_that_never_end_first(toy_ws)
+    t = Term(["run", "--detach", "-m", "a detached run", "--params", '{"SLEEP_PER_STEP": 0.2}'], toy_ws)
     assert t.finish(60) == 0
     assert "autoresearch cancel 1" in t.screen.text() and "autoresearch watch 1" in t.screen.text()
     w = Term(["watch", "1"], toy_ws)

@@ -63,12 +63,24 @@ def _start_raw_server(ws, n_runs, tag):
 
 
 @pytest.mark.slow
+def _count(ws) -> int:
+    lab = Lab.open(ws)
+    try:
+        return lab.store.count_experiments()
+    finally:
+        lab.close()
+
+
 def test_kill_9_server_and_supervisor_loses_nothing(toy_ws):
     (toy_ws / "train.py").write_text(QUICK_TRAIN)
     rng = random.Random(7)
     for round_ in range(4):
+        before = _count(toy_ws)
         server = _start_raw_server(toy_ws, 4, f"round {round_}")
-        time.sleep(rng.uniform(1.5, 3.5))
+        # kill at a random moment after this round's server has recorded a submission (a busy machine
+        # can take seconds to start it; a fixed sleep killed it before it did anything)
+        assert wait_until(lambda: _count(toy_ws) > before, timeout=180, interval=0.1), f"round {round_}: no submission"
+        time.sleep(rng.uniform(0.0, 2.0))
         if round_ % 2 == 1:  # also kill the supervisor mid-run
             for p in processes_with_marker(f"tools.supervisor {toy_ws}"):
                 p.send_signal(signal.SIGKILL)
