@@ -502,6 +502,8 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
         std = number(metrics.get("objective_std"))
         if std is None and isinstance(metrics.get("objective_name"), str):
             std = number(metrics.get(metrics["objective_name"][:100] + "_std"))
+        if isinstance(metrics.get("folds"), list) and len(metrics["folds"]) < 2:
+            std = None  # one pool measures no spread: the noise is unknown, not 0.0
         fields["objective"], fields["objective_std"] = objective, std
         if "peak_memory_gb" not in fields and (mem := number(metrics.get("peak_memory_gb"))) is not None:
             fields["peak_memory_gb"] = mem
