@@ -41,6 +41,12 @@ RevertTarget = Annotated[Annotated[int, Field(ge=1, le=10**9)] | Literal["best",
                                            "edits the last revert saved")]
 
 
+def sig(x: float | None, digits: int = 4) -> float | None:
+    """A number as an agent reads it: `digits` significant digits (the store keeps full precision).
+    Objectives get 6 (a gain of 1e-5 on 0.2 stays visible), spreads, deltas and losses 4."""
+    return None if x is None else float(f"{x:.{digits}g}")
+
+
 class RunSummary(BaseModel):
     id: int
     status: str
