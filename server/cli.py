@@ -160,7 +160,7 @@ def cmd_results(args) -> int:
 
 def cmd_show(args) -> int:
     lab = _lab(args)
-    d = ex.show_experiment(lab, args.id)
+    d = ex.show_experiment(lab, args.id, detail="full")
     if args.json:
         print(d.model_dump_json(indent=1))
     else:

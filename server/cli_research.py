@@ -48,7 +48,7 @@ def group_line(g, metric: str) -> str:
     text = (f"seed group of experiment {g.experiment_id}: {g.n} runs, mean {name} {num(g.mean)}, "
             f"seed std {num(g.seed_std, 3)}, fold std {num(g.fold_std, 3)}, std of the mean {num(g.std_of_mean, 3)}")
     if g.verdict:
-        text += f"\n  verdict {verdict_words(g.verdict)}: {cli_text(g.verdict_reason)}"
+        text += f"\n  verdict {verdict_words(g.verdict, reason=g.verdict_reason)}: {cli_text(g.verdict_reason)}"
     if g.next:
         text += f"\n  next: {cli_text(g.next)}"
     return text

@@ -113,8 +113,8 @@ class ExperimentDetail(BaseModel):
     config: dict[str, Any]
     metrics: dict[str, float]
     fold_metrics: list[dict[str, float]]
-    loss_curve: list[list[float]] = Field(description="[step, loss] pairs, thinned to at most 50")
-    diff: str = Field(description="the editable files' diff against the parent (best at submit time)")
+    loss_curve: list[list[int | float | None]] = Field(description="[step, loss] pairs, thinned to at most 50, the first and last step kept; loss null where it was NaN/inf")
+    diff: str = Field(description="the editable files' diff against the parent (the best at submit time; a rerun: the run it reruns)")
     log_tail: str
     stopped: str | None = None
     error: str | None
