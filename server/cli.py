@@ -3,6 +3,9 @@ cli_research.py) evaluate-test, rerun, reproduce, suggest, plot, export, integri
 
 from __future__ import annotations
 
+HELP = ("Run, judge and record ML experiments in a sandbox; the same research the MCP tools give an agent. "
+        "Start with `autoresearch init DIR` (or `autoresearch demo`); `autoresearch COMMAND --help` for each command.")
+
 import argparse
 import json
 import os
@@ -282,7 +285,7 @@ def _id(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="autoresearch", description=__doc__)
+    p = Parser(prog="autoresearch", description=HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     def ws(sp):

@@ -38,7 +38,6 @@ _RULES: list[tuple[str, str]] = [
     (r"show_experiment\((%s)\)" % _ARG, r"`autoresearch show \1`"),
     (r"rerun_experiment\((%s), seeds=(\d+)\)" % _ARG, r"`autoresearch rerun \1 --seeds \2`"),
     (r"rerun_experiment\((%s)\)" % _ARG, r"`autoresearch rerun \1`"),
-    (r"call rerun_experiment with wait=true", r"run `autoresearch rerun ID` again"),
     (r"rerun_experiment", r"`autoresearch rerun ID`"),
     (r"reproduce\((%s)\)" % _ARG, r"`autoresearch reproduce \1`"),
     (r"compare_experiments\((\w+), (\w+)\)", r"`autoresearch compare \1 \2`"),
@@ -159,6 +158,11 @@ def state_words(row: dict, metrics: dict | None = None) -> str:
         at = f" at step {steps}/{budget}" if steps is not None and budget else ""
         return f"truncated: stopped by time{at}"
     return status
+
+
+def plural(n: int, word: str) -> str:
+    """'1 experiment', '2 experiments'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def verdict_words(verdict: str | None, kept: bool = False, reason: str | None = None) -> str:
@@ -343,7 +347,7 @@ def print_results(table, metric: str, direction: str, states: dict[int, str] | N
     states = states or {}
     best = f"; best #{table.best_id}" if table.best_id else "; no best yet"
     shown = f" (latest {len(table.rows)})" if len(table.rows) < table.total else ""
-    print(f"{table.total} experiments{shown}; {metric_label(metric, direction)}{best}", file=out)
+    print(f"{plural(table.total, 'experiment')}{shown}; {metric_label(metric, direction)}{best}", file=out)
     name = metric.replace("_", " ")
     print_table(["id", "status", "verdict", name, "±", "vs best", "best", "secs", "description"],
                 [[r.id, states.get(r.id, r.status), verdict_words(r.verdict), num(r.objective), num(r.objective_std or None, 2),
@@ -458,7 +462,7 @@ def print_compare(c, metric: str, out=None) -> None:
 def print_search(page, out=None) -> None:
     out = out or sys.stdout
     mode = "" if page.mode == "all terms" else " (no run has all the words: showing any)"
-    print(f"{page.total} experiments match{mode}", file=out)
+    print(f"{plural(page.total, 'experiment')} match{'es' if page.total == 1 else ''}{mode}", file=out)
     for h in page.hits:
         print(f"#{h.id} {h.status} {verdict_words(h.verdict, h.kept)} {num(h.objective)}  {h.description}", file=out)
         print(f"    in {', '.join(h.matched_in) or '-'}: {h.snippet}", file=out)
@@ -467,7 +471,7 @@ def print_search(page, out=None) -> None:
 def print_trajectory(t, metric: str, direction: str, out=None) -> None:
     out = out or sys.stdout
     print(f"best so far, {metric_label(metric, direction)}: {t.points_total} improvements over "
-          f"{t.experiments} experiments ({t.succeeded} succeeded)", file=out)
+          f"{plural(t.experiments, 'experiment')} ({t.succeeded} succeeded)", file=out)
     print_table(["id", metric.replace("_", " "), "±", "gain", "description"],
                 [[pt.id, num(pt.objective), num(pt.objective_std, 2), signed(pt.gain), pt.description]
                  for pt in t.points], out=out)

@@ -177,7 +177,7 @@ def read_results(lab: Lab, limit: int = 20, status: str | None = None, order_by:
     for r in rows:
         metrics = None
         if include_metrics:
-            metrics = {m["name"]: sig(m["value"], 5) for m in lab.store.metrics(r["id"], aggregate_only=True)}
+            metrics = {m["name"]: sig(m["value"], 6) for m in lab.store.metrics(r["id"], aggregate_only=True)}
             metrics = dict(list(metrics.items())[:30])
         out.append(ResultRow(id=r["id"], status=r["status"], verdict=r["verdict"], objective=sig(r["objective"], 6),
                              objective_std=sig(r["objective_std"]), delta=sig(r["delta"]), kept=bool(r["kept"]),
@@ -213,7 +213,7 @@ def show_experiment(lab: Lab, experiment_id: int, detail: str = "summary") -> Ex
     full = detail == "full"
     metrics, folds = {}, {}
     for m in lab.store.metrics(exp["id"]):
-        value = m["value"] if full else sig(m["value"], 5)
+        value = m["value"] if full else sig(m["value"], 6)
         if m["fold"] is None:
             metrics[m["name"]] = value
         else:

@@ -237,7 +237,7 @@ def resume_brief(lab: Lab, notes: int = 12, max_chars: int = 7000) -> str:
     if total == 0:
         lines += ["- No experiments yet: run the baseline first (`run_experiment(description=\"baseline\")`)."]
     else:
-        lines.append(f"- {total} experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
+        lines.append(f"- {total} experiment{'' if total == 1 else 's'}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
     best = store.best_experiment()
     if best:
         std = f" ± {best['objective_std']:.4g}" if best["objective_std"] else ""

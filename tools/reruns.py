@@ -115,7 +115,8 @@ def group_summary(lab: Lab, root_id: int, submitted: list[int] | None = None) ->
             out.verdict = lab.store.get_experiment(out.kept_id)["verdict"]
     pending = [m.id for m in members if m.status in ("queued", "running")]
     if pending:
-        out.next = f"runs {pending} are not finished: poll experiment_status(id) or call rerun_experiment with wait=true"
+        out.next = (f"runs {pending} are not finished: poll experiment_status({pending[-1]}); calling rerun_experiment "
+                    "again would queue more seeds")
     elif (out.verdict_reason or "").startswith("seed rerun of the current best"):
         out.next = "the best's noise is measured: continue the loop; later verdicts use this group's std"
     elif out.verdict == "improved" and out.kept_id:
