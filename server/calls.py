@@ -56,6 +56,7 @@ class _State:
     lab: Lab | None = None
     root: Path = Path.cwd()
     lock = threading.Lock()  # one SQLite connection: calls take turns
+    warned: set[str] = set()  # the sandbox warnings this server (one agent session over stdio) has shown
 
 
 state = _State()
@@ -67,6 +68,7 @@ def open_workspace(root: Path | str) -> Lab:
         state.lab.close()
     state.root = Path(root).resolve()
     state.lab = Lab.open(state.root)
+    state.warned = set()
     runs.recover(state.lab)
     return state.lab
 
@@ -315,6 +317,14 @@ def follow_hint(exp_ids: list[int], limit: float) -> str:
             "search_experiments to plan the next change")
 
 
+def once_per_session(warnings: list[str] | None) -> list[str] | None:
+    """The sandbox's warnings are the same for every run of a backend: a session reads each once (the
+    first result that has it); `autoresearch doctor` and show_experiment(id, detail='full') keep them."""
+    new = [w for w in warnings or [] if w not in state.warned]
+    state.warned.update(new)
+    return new or None
+
+
 async def wait_for(exp_ids: list[int], ctx: Context | None, wait_s: float | None) -> list[RunSummary]:
     """Follow runs one after another for at most the call's wait; unfinished ones say how to follow."""
     waited, limit = wait_bound(current_lab(), wait_s)
@@ -326,6 +336,7 @@ async def wait_for(exp_ids: list[int], ctx: Context | None, wait_s: float | None
         if i:
             progress.next_run()
         s = await follow(exp_id, progress, deadline)
+        s.warnings = once_per_session(s.warnings)
         if s.status not in TERMINAL:
             s.next = f"still {s.status} after {time.monotonic() - t0:.0f} s: " + follow_hint([exp_id], limit)
         out.append(s)

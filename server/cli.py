@@ -3,6 +3,9 @@ cli_research.py) evaluate-test, rerun, reproduce, suggest, plot, export, integri
 
 from __future__ import annotations
 
+HELP = ("Run, judge and record ML experiments in a sandbox; the same research the MCP tools give an agent. "
+        "Start with `autoresearch init DIR` (or `autoresearch demo`); `autoresearch COMMAND --help` for each command.")
+
 import argparse
 import json
 import os
@@ -160,7 +163,7 @@ def cmd_results(args) -> int:
 
 def cmd_show(args) -> int:
     lab = _lab(args)
-    d = ex.show_experiment(lab, args.id)
+    d = ex.show_experiment(lab, args.id, detail="full")
     if args.json:
         print(d.model_dump_json(indent=1))
     else:
@@ -282,7 +285,7 @@ def _id(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="autoresearch", description=__doc__)
+    p = Parser(prog="autoresearch", description=HELP)
     sub = p.add_subparsers(dest="command", required=True)
 
     def ws(sp):

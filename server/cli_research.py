@@ -12,7 +12,7 @@ from pathlib import Path
 from server import dashboard
 from server.cli_support import UsageError, cancel_runs, follow, metric_info, open_lab
 from server.render import (ProgressBars, cli_text, num, print_compare, print_reproduce, print_search, print_table,
-                           print_trajectory, state_words, verdict_words)
+                           plural, print_trajectory, state_words, verdict_words)
 from tools import history, hpo, plots, reproduce, reruns, search, testeval
 from tools.errors import ToolError
 
@@ -48,7 +48,7 @@ def group_line(g, metric: str) -> str:
     text = (f"seed group of experiment {g.experiment_id}: {g.n} runs, mean {name} {num(g.mean)}, "
             f"seed std {num(g.seed_std, 3)}, fold std {num(g.fold_std, 3)}, std of the mean {num(g.std_of_mean, 3)}")
     if g.verdict:
-        text += f"\n  verdict {verdict_words(g.verdict)}: {cli_text(g.verdict_reason)}"
+        text += f"\n  verdict {verdict_words(g.verdict, reason=g.verdict_reason)}: {cli_text(g.verdict_reason)}"
     if g.next:
         text += f"\n  next: {cli_text(g.next)}"
     return text
@@ -159,7 +159,7 @@ def cmd_export(args) -> int:
         return 0
     out = args.output or str(lab.root / "results.tsv")
     plots.write_atomic(out, text.encode())
-    print(f"wrote {out} ({text.count(chr(10)) - 1} experiments)")
+    print(f"wrote {out} ({plural(text.count(chr(10)) - 1, 'experiment')})")
     return 0
 
 

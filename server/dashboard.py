@@ -123,18 +123,16 @@ class DashboardData:
     def experiment(self, exp_id: int) -> dict:
         with self.lock:
             lab = self.lab
-            d = ex.show_experiment(lab, exp_id)
+            d = ex.show_experiment(lab, exp_id, detail="full")  # the page shows the provenance
             row = lab.store.get_experiment(exp_id)
             metrics = {m["name"]: m["value"] for m in lab.store.metrics(exp_id, aggregate_only=True)}
             out = d.model_dump()
             if row["status"] == "running":  # the live curve from the run's files (bounded reader)
-                out["loss_curve"] = [[s, loss] for s, _, loss in read_all_steps(lab.run_dir(exp_id))
-                                     if loss is not None]
-            else:
-                steps = lab.store.steps(exp_id)
-                out["loss_curve"] = [[s["step"], s["loss"]] for s in steps if s["loss"] is not None]
+                out["loss_curve"] = [[s, loss] for s, _, loss in read_all_steps(lab.run_dir(exp_id))]
+            else:  # a NaN/inf loss is stored as None: the curve shows a gap there, never a 0
+                out["loss_curve"] = [[s["step"], s["loss"]] for s in lab.store.steps(exp_id)]
             out["state"] = state_words(row, metrics)
-            out["verdict_words"] = verdict_words(row["verdict"], bool(row["kept"]))
+            out["verdict_words"] = verdict_words(row["verdict"], bool(row["kept"]), row["verdict_reason"])
             out["verdict_reason"] = cli_text(row["verdict_reason"], exp_id)
             out["error"] = cli_text(row["error"], exp_id)
             out["notes"] = lab.store.note_texts(exp_id)

@@ -61,9 +61,13 @@ async def read_results(
                               lambda lab: ex.read_results(lab, limit, status, order_by, include_metrics)))
 
 
-async def show_experiment(experiment_id: ExperimentId) -> ExperimentDetail:
-    """One experiment in full: config, metrics (per fold too), loss curve, code diff vs its parent, log tail."""
-    return respond(await call("show_experiment", lambda lab: ex.show_experiment(lab, experiment_id)))
+async def show_experiment(
+    experiment_id: ExperimentId,
+    detail: Literal["summary", "full"] = "summary",
+) -> ExperimentDetail:
+    """One experiment: verdict, metrics (per pool too), loss curve, code diff vs its parent, log tail, the
+    config that decides it. detail='full': the whole record (sandbox, environment, full precision)."""
+    return respond(await call("show_experiment", lambda lab: ex.show_experiment(lab, experiment_id, detail)))
 
 
 async def revert(target: RevertTarget) -> RevertResult:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn
 
-from tools.verdict import shown_truncated
+from tools.verdict import noise_unknown, shown_truncated
 
 
 VERDICT_WORDS = {
@@ -38,7 +38,6 @@ _RULES: list[tuple[str, str]] = [
     (r"show_experiment\((%s)\)" % _ARG, r"`autoresearch show \1`"),
     (r"rerun_experiment\((%s), seeds=(\d+)\)" % _ARG, r"`autoresearch rerun \1 --seeds \2`"),
     (r"rerun_experiment\((%s)\)" % _ARG, r"`autoresearch rerun \1`"),
-    (r"call rerun_experiment with wait=true", r"run `autoresearch rerun ID` again"),
     (r"rerun_experiment", r"`autoresearch rerun ID`"),
     (r"reproduce\((%s)\)" % _ARG, r"`autoresearch reproduce \1`"),
     (r"compare_experiments\((\w+), (\w+)\)", r"`autoresearch compare \1 \2`"),
@@ -161,10 +160,20 @@ def state_words(row: dict, metrics: dict | None = None) -> str:
     return status
 
 
-def verdict_words(verdict: str | None, kept: bool = False) -> str:
+def plural(n: int, word: str) -> str:
+    """'1 experiment', '2 experiments'."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def verdict_words(verdict: str | None, kept: bool = False, reason: str | None = None) -> str:
+    """The verdict as people read it; an inconclusive one says whether the noise was measured (its reason
+    tells; without it, the bare word)."""
     if not verdict:
         return "-"
     words = VERDICT_WORDS.get(verdict, verdict.replace("_", " "))
+    if verdict == "inconclusive":
+        words = ("inconclusive (noise unknown: no spread measured)" if noise_unknown(reason)
+                 else words if reason else "inconclusive")
     return words + (", kept as best" if kept and verdict in ("improved", "baseline") else "")
 
 
@@ -315,7 +324,7 @@ def print_summary(s, metric: str = "objective", state: str | None = None, out=No
     out = out or sys.stdout
     head = f"experiment {s.id}: {state or s.status}"
     if s.verdict:
-        head += f", verdict {verdict_words(s.verdict, s.kept)}"
+        head += f", verdict {verdict_words(s.verdict, s.kept, s.verdict_reason)}"
     print(head, file=out)
     if s.objective is not None:
         std = f" ± {num(s.objective_std, 3)}" if s.objective_std else ""
@@ -338,7 +347,7 @@ def print_results(table, metric: str, direction: str, states: dict[int, str] | N
     states = states or {}
     best = f"; best #{table.best_id}" if table.best_id else "; no best yet"
     shown = f" (latest {len(table.rows)})" if len(table.rows) < table.total else ""
-    print(f"{table.total} experiments{shown}; {metric_label(metric, direction)}{best}", file=out)
+    print(f"{plural(table.total, 'experiment')}{shown}; {metric_label(metric, direction)}{best}", file=out)
     name = metric.replace("_", " ")
     print_table(["id", "status", "verdict", name, "±", "vs best", "best", "secs", "description"],
                 [[r.id, states.get(r.id, r.status), verdict_words(r.verdict), num(r.objective), num(r.objective_std or None, 2),
@@ -351,7 +360,7 @@ def print_detail(d, metric: str, state: str, out=None) -> None:
     out = out or sys.stdout
     p = lambda *a: print(*a, file=out)  # noqa: E731
     p(f"experiment {d.id}: {d.description}")
-    p(f"  status   {state}" + (f"; verdict {verdict_words(d.verdict, d.kept)}" if d.verdict else ""))
+    p(f"  status   {state}" + (f"; verdict {verdict_words(d.verdict, d.kept, d.verdict_reason)}" if d.verdict else ""))
     if d.verdict_reason:
         p(f"  why      {cli_text(d.verdict_reason, d.id)}")
     if d.hypothesis:
@@ -363,7 +372,7 @@ def print_detail(d, metric: str, state: str, out=None) -> None:
     p(f"  snapshot {(d.snapshot_commit or '-')[:10]}" + (f", parent #{d.parent_id}" if d.parent_id else "")
       + f", {secs(d.duration_s)} s, sandbox {d.sandbox or '-'}"
       + (f", peak memory {num(d.peak_memory_gb, 3)} GB" if d.peak_memory_gb else ""))
-    consts = (d.config.get("provenance") or {}).get("constants") or {}
+    consts = d.config.get("constants") or (d.config.get("provenance") or {}).get("constants") or {}
     params = d.config.get("params") or {}
     if consts:
         p("  constants " + ", ".join(f"{k}={v}" + ("*" if k in params else "") for k, v in consts.items())
@@ -392,14 +401,16 @@ SPARKS = "▁▂▃▄▅▆▇█"
 
 
 def sparkline(values: list[float], width: int = 40) -> str:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
+    """A bar per value; a missing or non-finite value (a NaN loss) is a gap, never the lowest bar."""
+    vals = [v if v is not None and math.isfinite(v) else None for v in values]
+    finite = [v for v in vals if v is not None]
+    if not finite:
         return ""
     if len(vals) > width:
-        vals = [vals[int(i * len(vals) / width)] for i in range(width)]
-    lo, hi = min(vals), max(vals)
+        vals = [vals[round(i * (len(vals) - 1) / (width - 1))] for i in range(width)]
+    lo, hi = min(finite), max(finite)
     span = hi - lo or 1.0
-    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * len(SPARKS)))] for v in vals)
+    return "".join(" " if v is None else SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * len(SPARKS)))] for v in vals)
 
 
 def print_reproduce(r, metric: str, out=None) -> None:
@@ -451,7 +462,7 @@ def print_compare(c, metric: str, out=None) -> None:
 def print_search(page, out=None) -> None:
     out = out or sys.stdout
     mode = "" if page.mode == "all terms" else " (no run has all the words: showing any)"
-    print(f"{page.total} experiments match{mode}", file=out)
+    print(f"{plural(page.total, 'experiment')} match{'es' if page.total == 1 else ''}{mode}", file=out)
     for h in page.hits:
         print(f"#{h.id} {h.status} {verdict_words(h.verdict, h.kept)} {num(h.objective)}  {h.description}", file=out)
         print(f"    in {', '.join(h.matched_in) or '-'}: {h.snippet}", file=out)
@@ -460,7 +471,7 @@ def print_search(page, out=None) -> None:
 def print_trajectory(t, metric: str, direction: str, out=None) -> None:
     out = out or sys.stdout
     print(f"best so far, {metric_label(metric, direction)}: {t.points_total} improvements over "
-          f"{t.experiments} experiments ({t.succeeded} succeeded)", file=out)
+          f"{plural(t.experiments, 'experiment')} ({t.succeeded} succeeded)", file=out)
     print_table(["id", metric.replace("_", " "), "±", "gain", "description"],
                 [[pt.id, num(pt.objective), num(pt.objective_std, 2), signed(pt.gain), pt.description]
                  for pt in t.points], out=out)

@@ -143,7 +143,7 @@ async def test_compare_gives_config_code_and_metric_deltas_with_noise(client, hi
         lab.close()
     assert len(folds) == 3
     assert next(m for m in cmp["metrics"] if m["name"] == "val_loss")["std_a"] == \
-        pytest.approx(statistics.pstdev(folds), rel=1e-5)
+        pytest.approx(statistics.pstdev(folds), rel=1e-3)  # spreads are shown to 4 significant digits
 
     cmp = data(await client.call_tool("compare_experiments", {"a": 2, "b": 3}))
     assert {"key": "params.STEPS", "a": None, "b": "300"} in cmp["config_changes"]

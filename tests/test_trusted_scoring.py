@@ -100,3 +100,22 @@ def test_random_embeddings_score_like_chance(eclip_lab):
     random_mr = detail.metrics["random_mean_rank"]
     assert 0.8 * random_mr < r.objective < 1.2 * random_mr, (r.objective, random_mr)
     assert json.loads(json.dumps(detail.config))["run"]["objective_name"] == "mean_rank"
+
+
+def test_a_syntax_error_in_train_py_is_named_not_blamed_on_the_sizes(eclip_lab):
+    """Issue 28: both sizes set, a syntax error below them: the run's error names the SyntaxError and its
+    line, never 'must set IMAGE_SIZE and CONTEXT_LENGTH' (the negative control: a missing size says so)."""
+    lab = eclip_lab
+    train = lab.root / "train.py"
+    original = train.read_bytes()
+    try:
+        train.write_text("IMAGE_SIZE = 64\nCONTEXT_LENGTH = 48\n\ndef broken(:\n    pass\n")
+        r = ex.run_experiment(lab, "a typo")
+        assert r.status == "failed" and r.objective is None
+        assert "SyntaxError" in r.error and "line 4" in r.error, r.error
+        assert "must set" not in r.error, r.error
+        train.write_text("IMAGE_SIZE = 64\n")
+        control = ex.run_experiment(lab, "no CONTEXT_LENGTH")
+        assert control.status == "failed" and "CONTEXT_LENGTH" in control.error and "SyntaxError" not in control.error
+    finally:
+        train.write_bytes(original)

@@ -10,15 +10,18 @@ from typing import Callable
 from tools import runs
 from tools.errors import ToolError
 from tools.lab import Lab
-from tools.rundir import latest_progress, log_tail, read_cache_status
+from tools.rundir import latest_progress, log_tail, read_cache_status, thin
 from tools.store import TERMINAL
 from tools.workspace import SAVED_REF
-from tools.verdict import compute_note, stop_note
+from tools.verdict import compute_note, noise_unknown, stop_note
 from tools.schemas import (Description, ExperimentDetail, ExperimentId, Hypothesis, Limit, NoteOut, NotesPage,
                            NoteText, Params, ResultRow, ResultsTable, RevertResult, RevertTarget, RunSummary,
-                           Status, Tag, Tags, TimeBudget, validate)
+                           Status, Tag, Tags, TimeBudget, sig, validate)
 
 ProgressFn = Callable[[RunSummary], None]
+
+
+MAX_CURVE_POINTS = 50
 
 
 # -- run -----------------------------------------------------------------------------------
@@ -58,22 +61,19 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
     if exp["status"] == "running" and not runs.supervisor_alive(lab, exp["supervisor_pid"]):
         runs.recover(lab)  # its supervisor is gone: settle it now rather than leave it 'running'
         exp = _get(lab, exp_id)
-    out = RunSummary(id=exp["id"], status=exp["status"], verdict=exp["verdict"], objective=exp["objective"],
-                     objective_std=exp["objective_std"], delta_vs_best=exp["delta"],
+    out = RunSummary(id=exp["id"], status=exp["status"], verdict=exp["verdict"], objective=sig(exp["objective"], 6),
+                     objective_std=sig(exp["objective_std"]), delta_vs_best=sig(exp["delta"]),
                      best_id=exp["best_id_at_verdict"], kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),
                      peak_memory_gb=exp["peak_memory_gb"], sandbox=exp["sandbox_backend"],
                      verdict_reason=exp["verdict_reason"], stopped=stopped_label(exp))
     if exp["status"] == "running" and exp["run_dir"]:
         p = latest_progress(lab.run_dir(exp_id))
-        out.step, out.loss = p.step, p.loss
+        out.step, out.loss = p.step, sig(p.loss)
         out.duration_s = _round(p.elapsed if p.elapsed is not None else time.time() - (exp["started_at"] or time.time()))
     if exp["status"] in ("failed", "timeout", "interrupted", "cancelled"):
         out.error = exp["error"]
-    sandbox_info = json.loads(exp["config_json"] or "{}").get("sandbox") or {}
-    warnings = [str(w)[:300] for w in sandbox_info.get("warnings") or []]
-    warnings += [f"isolation gap: {g}"[:300] for g in (sandbox_info.get("gaps") or [])[:6]]  # what the backend leaves open
-    if warnings:
-        out.warnings = warnings
+    if warnings := sandbox_warnings(exp):
+        out.warnings = warnings  # the MCP face shows each one once per session (server/calls.py)
     out.next = _next_hint(exp)
     if exp["status"] == "running" and out.step is None:
         phase = _cache_phase(lab.run_dir(exp_id))
@@ -87,6 +87,13 @@ def summary(lab: Lab, exp_id: int) -> RunSummary:
         where = f"{job.get('executor')} job {job['job_id']}"
         out.next = f"{where}; {out.next}" if out.next else where
     return out
+
+
+def sandbox_warnings(exp: dict) -> list[str]:
+    """The backend's warnings for a run (e.g. NOT ISOLATED) and the isolation gaps it leaves open."""
+    sandbox_info = json.loads(exp["config_json"] or "{}").get("sandbox") or {}
+    warnings = [str(w)[:300] for w in sandbox_info.get("warnings") or []]
+    return warnings + [f"isolation gap: {g}"[:300] for g in (sandbox_info.get("gaps") or [])[:6]]
 
 
 def stopped_label(exp: dict) -> str | None:
@@ -124,6 +131,11 @@ def _next_hint(exp: dict) -> str | None:
         return f"poll experiment_status({exp['id']}) or cancel_experiment({exp['id']})"
     if status != "succeeded":
         return "read the error, fix train.py (or revert('best')), then run again"
+    if exp.get("rerun_of") is not None and verdict != "incomparable":
+        return _rerun_hint(exp)
+    if verdict == "inconclusive" and noise_unknown(exp["verdict_reason"]):
+        return (f"better, but no noise is measured (one pool, no seed reruns): rerun_experiment({exp['id']}, "
+                "seeds=2) and rerun the best the same way, or revert('best')")
     return {
         "baseline": "baseline recorded; write_note, then try one change at a time",
         "improved": "kept as the new best; write_note with what changed and why it helped",
@@ -133,6 +145,22 @@ def _next_hint(exp: dict) -> str | None:
                      "it (rerun_experiment shows the group). Meanwhile revert('best') or keep working on it",
         "incomparable": "not compared: read verdict_reason (budget, integrity event or a claim the harness contradicts)",
     }.get(verdict or "")
+
+
+def _rerun_hint(exp: dict) -> str:
+    """A rerun ran a recorded snapshot, never the working tree: its advice is about its group, not a revert."""
+    root, verdict = exp["rerun_of"], exp["verdict"]
+    if exp.get("rerun_kind") == "reproduce":
+        return f"reproduction of #{root}: compare_experiments(a={root}, b={exp['id']}) shows what differs"
+    if verdict is None:
+        return f"seed rerun of #{root}: the group's noise estimate is refined; continue the loop"
+    return {
+        "improved": f"the seed group of #{root} beats the best: this row is kept as the best; write_note",
+        "inconclusive": f"the seed group of #{root} is within the noise: rerun_experiment({root}) adds seeds, "
+                        "or move on",
+        "not_improved": f"the seed group of #{root} does not beat the best; write_note and move on (a rerun leaves "
+                        "train.py as it was)",
+    }.get(verdict, f"seed rerun of #{root}: rerun_experiment({root}) shows the group")
 
 
 # -- read ----------------------------------------------------------------------------------
@@ -149,10 +177,10 @@ def read_results(lab: Lab, limit: int = 20, status: str | None = None, order_by:
     for r in rows:
         metrics = None
         if include_metrics:
-            metrics = {m["name"]: m["value"] for m in lab.store.metrics(r["id"], aggregate_only=True)}
+            metrics = {m["name"]: sig(m["value"], 6) for m in lab.store.metrics(r["id"], aggregate_only=True)}
             metrics = dict(list(metrics.items())[:30])
-        out.append(ResultRow(id=r["id"], status=r["status"], verdict=r["verdict"], objective=r["objective"],
-                             objective_std=r["objective_std"], delta=r["delta"], kept=bool(r["kept"]),
+        out.append(ResultRow(id=r["id"], status=r["status"], verdict=r["verdict"], objective=sig(r["objective"], 6),
+                             objective_std=sig(r["objective_std"]), delta=sig(r["delta"]), kept=bool(r["kept"]),
                              duration_s=_round(r["duration_s"]), description=_clip(r["description"], 120),
                              stopped=stopped_label(r), role=role_label(r), compute=compute_label(r),
                              metrics=metrics))
@@ -161,17 +189,37 @@ def read_results(lab: Lab, limit: int = 20, status: str | None = None, order_by:
                         objective=cfg.objective, direction=cfg.direction, rows=out)
 
 
-def show_experiment(lab: Lab, experiment_id: int) -> ExperimentDetail:
+SHOW_DETAILS = ("summary", "full")
+
+
+def _config_summary(config: dict) -> dict:
+    """What decides a run, not how the harness ran it: the command, budget, constants and seed, the
+    compute; the sandbox record, interpreter and package versions are behind detail='full'."""
+    prov = config.get("provenance") or {}
+    out = {k: config[k] for k in ("command", "time_budget_s", "claimed_by_the_run") if k in config}
+    out["constants"] = prov.get("constants")
+    if (h := config.get("harness")) is not None:
+        out["run_seconds"] = h.get("run_seconds")
+    if (sb := config.get("sandbox")) is not None:
+        out["sandbox"] = sb.get("backend")
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def show_experiment(lab: Lab, experiment_id: int, detail: str = "summary") -> ExperimentDetail:
     exp = _get(lab, validate("experiment_id", ExperimentId, experiment_id))
+    if detail not in SHOW_DETAILS:
+        raise ToolError(f"invalid detail={detail!r}. Fix: use 'summary' (the default) or 'full' (the whole config: "
+                        "the sandbox record, environment and provenance).")
+    full = detail == "full"
     metrics, folds = {}, {}
     for m in lab.store.metrics(exp["id"]):
+        value = m["value"] if full else sig(m["value"], 6)
         if m["fold"] is None:
-            metrics[m["name"]] = m["value"]
+            metrics[m["name"]] = value
         else:
-            folds.setdefault(m["fold"], {})[m["name"]] = m["value"]
-    steps = lab.store.steps(exp["id"])
-    stride = max(1, len(steps) // 50)
-    curve = [[s["step"], s["loss"]] for s in steps[::stride] if s["loss"] is not None][:50]
+            folds.setdefault(m["fold"], {})[m["name"]] = value
+    # the first and last step always; a NaN/inf loss (stored as None) stays a gap, never a 0
+    curve = [[s["step"], sig(s["loss"])] for s in thin(lab.store.steps(exp["id"]), MAX_CURVE_POINTS)]
     diff = "(no snapshot)"
     if exp["snapshot_commit"]:
         parent = lab.store.get_experiment(exp["parent_id"]) if exp["parent_id"] else None
@@ -179,11 +227,14 @@ def show_experiment(lab: Lab, experiment_id: int) -> ExperimentDetail:
         diff = lab.workspace.diff(base, exp["snapshot_commit"], max_chars=8000)
     config = json.loads(exp["config_json"] or "{}")
     config.pop("workspace", None)  # the toml is on disk; keep the answer small
+    if not full:
+        config = _config_summary(config)
     return ExperimentDetail(
         id=exp["id"], status=exp["status"], verdict=exp["verdict"], verdict_reason=exp["verdict_reason"],
         description=exp["description"], hypothesis=exp["hypothesis"], snapshot_commit=exp["snapshot_commit"],
-        parent_id=exp["parent_id"], objective=exp["objective"], objective_std=exp["objective_std"],
-        delta=exp["delta"], kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),
+        parent_id=exp["parent_id"], objective=exp["objective"] if full else sig(exp["objective"], 6),
+        objective_std=exp["objective_std"] if full else sig(exp["objective_std"]),
+        delta=exp["delta"] if full else sig(exp["delta"]), kept=bool(exp["kept"]), duration_s=_round(exp["duration_s"]),
         peak_memory_gb=exp["peak_memory_gb"], sandbox=exp["sandbox_backend"], config=config, metrics=metrics,
         fold_metrics=[folds[k] for k in sorted(folds)], loss_curve=curve, diff=diff,
         log_tail=log_tail(lab.run_dir(exp["id"])) if exp["run_dir"] else "", stopped=stopped_label(exp),

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 from tools import experiments as ex
 from tools.errors import ToolError
 from tools.lab import Lab
-from tools.schemas import ExperimentId, Limit, ResultRow, validate
+from tools.schemas import ExperimentId, Limit, ResultRow, sig, validate
 
 MAX_CHANGES = 40
 MAX_METRICS = 40
@@ -87,7 +87,7 @@ def compare_experiments(lab: Lab, a: int, b: int) -> Comparison:
         raise ToolError(f"a and b are both {a}. Fix: pass two different experiment ids (e.g. the best and a rival).")
     ea, eb = _get(lab, a, "a"), _get(lab, b, "b")
 
-    ca, cb = _facts(ea), _facts(eb)
+    ca, cb = _config(ea), _config(eb)
     changes = [Change(key=k, a=_show(ca.get(k)), b=_show(cb.get(k)))
                for k in sorted(set(ca) | set(cb)) if ca.get(k) != cb.get(k)]
 
@@ -104,9 +104,17 @@ def compare_experiments(lab: Lab, a: int, b: int) -> Comparison:
                       code_diff=diff, metrics=metrics[:MAX_METRICS], metrics_total=len(metrics))
 
 
-def _facts(exp: dict) -> dict[str, object]:
+# What a run recorded about itself that is not its configuration: outcomes (seconds, claims), per-run
+# identities (the snapshot commit is in a/b and code_diff; the code key, the cgroup leaves) and the
+# broker's counts. Two runs of one config differ in all of these, so they are never "config changes".
+NOT_CONFIG = ("harness.", "claimed_by_the_run.", "run.", "job.", "code_key", "provenance.commit",
+              "sandbox.isolation.cgroups.leaves.", "sandbox.isolation.connect_broker.")
+
+
+def _config(exp: dict) -> dict[str, object]:
     """The flattened config of a run, with the params it was submitted with (the row's record)."""
-    return _flatten({**json.loads(exp["config_json"] or "{}"), "params": json.loads(exp["params_json"] or "{}")})
+    facts = _flatten({**json.loads(exp["config_json"] or "{}"), "params": json.loads(exp["params_json"] or "{}")})
+    return {k: v for k, v in facts.items() if not k.startswith(NOT_CONFIG)}
 
 
 def _metric_deltas(lab: Lab, ea: dict, eb: dict) -> list[MetricDelta]:
@@ -130,14 +138,25 @@ def _metric_deltas(lab: Lab, ea: dict, eb: dict) -> list[MetricDelta]:
         delta = vb - va if va is not None and vb is not None else None
         sigma = math.sqrt(sa ** 2 + sb ** 2) if sa is not None and sb is not None else None
         z = delta / sigma if delta is not None and sigma else None
-        out.append(MetricDelta(name=name, a=_r(va), b=_r(vb), delta=_r(delta), std_a=_r(sa), std_b=_r(sb),
+        out.append(MetricDelta(name=name, a=_r(va), b=_r(vb), delta=_r(delta), std_a=sig(sa), std_b=sig(sb),
                                sigmas=None if z is None else round(z, 2)))
     return out
 
 
+def objective_noise(exp: dict) -> tuple[float | None, str | None]:
+    """(the noise of one run's objective, where it comes from): its own spread over the pools when
+    measured, else its seed group's spread per run (std of the mean * sqrt(n)), else (None, None)."""
+    if exp["objective_std"]:
+        return exp["objective_std"], None
+    n = exp.get("group_n") or 0
+    if n >= 2 and exp.get("group_std") is not None:
+        return exp["group_std"] * math.sqrt(n), f"seed group of {n}"
+    return None, None
+
+
 def _spread(name: str, exp: dict, agg: dict, folds: dict) -> float | None:
-    if name == "objective" and exp["objective_std"] is not None:
-        return exp["objective_std"]
+    if name == "objective" and (noise := objective_noise(exp)[0]) is not None:
+        return noise
     if (s := agg.get(name + "_std")) is not None:
         return s
     values = folds.get(name, [])
@@ -154,11 +173,16 @@ def _objective_summary(ea: dict, eb: dict, direction: str, noise_sigma: float) -
     noise = math.sqrt((ea["objective_std"] or 0.0) ** 2 + (eb["objective_std"] or 0.0) ** 2)
     word = "better" if gain > 0 else "worse" if gain < 0 else "equal"
     head = f"{eb['id']} is {word} than {ea['id']}: objective {oa:.4g} -> {ob:.4g} (delta {delta:+.4g})"
-    if noise == 0:
-        return head + "; no spread measured, so the noise is unknown"
+    (na, wa), (nb, wb) = objective_noise(ea), objective_noise(eb)
+    if na is None and nb is None:
+        return head + "; no spread measured for either (one pool, no seed reruns): the noise is unknown"
+    noise = math.sqrt((na or 0.0) ** 2 + (nb or 0.0) ** 2)
+    sources = [f"#{e['id']}: {where}" for e, where in ((ea, wa), (eb, wb)) if where]
+    sources += [f"#{e['id']}: unknown" for e, n in ((ea, na), (eb, nb)) if n is None]
     z = abs(gain) / noise
     judged = "beyond" if z > noise_sigma else "within"
-    return head + f" = {z:.2f} sigma (sigma {noise:.4g}); {judged} the {noise_sigma:g}-sigma noise margin"
+    return head + (f" = {z:.2f} sigma (sigma {noise:.4g}, per run" + (f"; noise of {', '.join(sources)}" if sources else "")
+                   + f"); {judged} the {noise_sigma:g}-sigma noise margin")
 
 
 # -- trajectory ----------------------------------------------------------------------------
@@ -172,7 +196,7 @@ def best_trajectory(lab: Lab, limit: int = 30) -> Trajectory:
         gain = None
         if prev is not None and r["objective"] is not None:
             gain = prev - r["objective"] if cfg.direction == "minimize" else r["objective"] - prev
-        points.append(TrajectoryPoint(id=r["id"], objective=r["objective"], objective_std=r["objective_std"],
+        points.append(TrajectoryPoint(id=r["id"], objective=sig(r["objective"], 6), objective_std=sig(r["objective_std"]),
                                       gain=_r(gain), description=_clip(r["description"], 100),
                                       compute=ex.compute_label(r)))
         prev = r["objective"] if r["objective"] is not None else prev
@@ -213,7 +237,7 @@ def resume_brief(lab: Lab, notes: int = 12, max_chars: int = 7000) -> str:
     if total == 0:
         lines += ["- No experiments yet: run the baseline first (`run_experiment(description=\"baseline\")`)."]
     else:
-        lines.append(f"- {total} experiments: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
+        lines.append(f"- {total} experiment{'' if total == 1 else 's'}: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) + ".")
     best = store.best_experiment()
     if best:
         std = f" ± {best['objective_std']:.4g}" if best["objective_std"] else ""
@@ -282,8 +306,8 @@ def _get(lab: Lab, exp_id: int, field: str) -> dict:
 
 
 def _brief(e: dict) -> Brief:
-    return Brief(id=e["id"], status=e["status"], verdict=e["verdict"], objective=e["objective"],
-                 objective_std=e["objective_std"], kept=bool(e["kept"]), description=_clip(e["description"], 120),
+    return Brief(id=e["id"], status=e["status"], verdict=e["verdict"], objective=sig(e["objective"], 6),
+                 objective_std=sig(e["objective_std"]), kept=bool(e["kept"]), description=_clip(e["description"], 120),
                  snapshot=(e["snapshot_commit"] or "")[:10] or None)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 
 from tools.errors import ToolError
@@ -177,8 +178,9 @@ def loss_curves_png(lab: Lab) -> bytes:
     curves = {}
     for r in ([best] if best else []) + list(reversed(rows)):
         if r["id"] not in curves and len(curves) < 4:
-            pts = [(s["step"], s["loss"]) for s in lab.store.steps(r["id"]) if s["loss"] is not None]
-            if pts:
+            # a NaN/inf loss (stored as None) is drawn as a gap (nan breaks the line), never as 0
+            pts = [(s["step"], math.nan if s["loss"] is None else s["loss"]) for s in lab.store.steps(r["id"])]
+            if any(not math.isnan(v) for _, v in pts):
                 curves[r["id"]] = (r, pts)
     fig, ax = plt.subplots(figsize=(9, 4.6), dpi=110)
     try:

@@ -15,6 +15,7 @@ from tools import runs
 from tools.errors import ToolError
 from tools.lab import Lab
 from tools.provenance import snapshot_constants
+from tools.schemas import sig
 from tools.verdict import group_stats
 
 MAX_SEEDS_PER_CALL = 10
@@ -88,13 +89,19 @@ def group_members(lab: Lab, root_id: int) -> list[GroupMember]:
                         objective_std=r["objective_std"]) for r in lab.store.seed_group(root_id)]
 
 
+def _shown(members: list[GroupMember]) -> list[GroupMember]:
+    return [m.model_copy(update={"objective": sig(m.objective, 6), "objective_std": sig(m.objective_std)})
+            for m in members]
+
+
 def group_summary(lab: Lab, root_id: int, submitted: list[int] | None = None) -> GroupSummary:
     members = group_members(lab, root_id)
     done = [m for m in members if m.status == "succeeded" and m.objective is not None]
-    out = GroupSummary(experiment_id=root_id, members=members, submitted=submitted or [], n=len(done))
-    if done:
+    out = GroupSummary(experiment_id=root_id, members=_shown(members), submitted=submitted or [], n=len(done))
+    if done:  # the statistics from full precision, shown rounded
         g = group_stats([m.objective for m in done], [m.objective_std for m in done])
-        out.mean, out.seed_std, out.fold_std, out.std_of_mean = g["mean"], g["seed_std"], g["fold_std"], g["std"]
+        out.mean, out.seed_std = sig(g["mean"], 6), sig(g["seed_std"])
+        out.fold_std, out.std_of_mean = sig(g["fold_std"]), sig(g["std"])
     latest = None
     for m in members:
         row = lab.store.get_experiment(m.id)
@@ -108,7 +115,8 @@ def group_summary(lab: Lab, root_id: int, submitted: list[int] | None = None) ->
             out.verdict = lab.store.get_experiment(out.kept_id)["verdict"]
     pending = [m.id for m in members if m.status in ("queued", "running")]
     if pending:
-        out.next = f"runs {pending} are not finished: poll experiment_status(id) or call rerun_experiment with wait=true"
+        out.next = (f"runs {pending} are not finished: poll experiment_status({pending[-1]}); calling rerun_experiment "
+                    "again would queue more seeds")
     elif (out.verdict_reason or "").startswith("seed rerun of the current best"):
         out.next = "the best's noise is measured: continue the loop; later verdicts use this group's std"
     elif out.verdict == "improved" and out.kept_id:

@@ -77,10 +77,16 @@ def _depth(obj) -> int:
     return deepest
 
 
-def loads_bounded(data: bytes | str, what: str):
-    """json.loads with the limits above; RunFileError names `what` and the problem."""
+def _none_constant(name: str):
+    return None
+
+
+def loads_bounded(data: bytes | str, what: str, *, non_finite_as_none: bool = False):
+    """json.loads with the limits above; RunFileError names `what` and the problem. NaN/Infinity are
+    refused, or read as None with non_finite_as_none (a progress line whose loss diverged: a gap)."""
     try:
-        obj = json.loads(data, parse_int=_bounded_int, parse_constant=_no_constant)
+        obj = json.loads(data, parse_int=_bounded_int,
+                         parse_constant=_none_constant if non_finite_as_none else _no_constant)
     except RecursionError:
         raise RunFileError(f"{what} is nested too deeply (more than {MAX_JSON_DEPTH} levels)") from None
     except (ValueError, UnicodeDecodeError) as exc:
@@ -135,7 +141,7 @@ def _events(data: bytes):
         if not line or len(line) > MAX_EVENT_LINE:
             continue
         try:
-            ev = loads_bounded(line, "events.jsonl line")
+            ev = loads_bounded(line, "events.jsonl line", non_finite_as_none=True)  # NaN loss: kept, as a gap
         except RunFileError:
             continue
         if isinstance(ev, dict):
@@ -165,6 +171,16 @@ def latest_progress(run_dir: Path) -> Progress:
     return last
 
 
+def thin(rows: list, cap: int) -> list:
+    """At most `cap` rows, evenly spaced, the first and the last always kept (a curve ends where the run did)."""
+    n = len(rows)
+    if n <= cap:
+        return list(rows)
+    if cap < 2:
+        return [rows[-1]][:cap]
+    return [rows[round(i * (n - 1) / (cap - 1))] for i in range(cap)]
+
+
 def read_all_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
     """The loss curve of a run: its folds one after the other (steps offset by the folds before)."""
     folds = fold_dirs(run_dir)
@@ -175,7 +191,7 @@ def read_all_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]
         part = read_steps(d)
         rows += [(offset + step, t, loss) for step, t, loss in part]
         offset += max((step for step, _, _ in part), default=0)
-    return rows[:: max(1, math.ceil(len(rows) / MAX_STORED_STEPS))]
+    return thin(rows, MAX_STORED_STEPS)
 
 
 def read_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
@@ -183,10 +199,7 @@ def read_steps(run_dir: Path) -> list[tuple[int, float | None, float | None]]:
     rows = [(step, number(ev.get("t")), number(ev.get("loss")))
             for ev in _events(read_tail(Path(run_dir) / "events.jsonl", STEPS_TAIL_BYTES))
             if (step := integer(ev.get("step"))) is not None]
-    if len(rows) > MAX_STORED_STEPS:
-        stride = math.ceil(len(rows) / MAX_STORED_STEPS)
-        rows = rows[::stride] + ([rows[-1]] if (len(rows) - 1) % stride else [])
-    return rows
+    return thin(rows, MAX_STORED_STEPS)
 
 
 # -- logs and small status files ----------------------------------------------------------------

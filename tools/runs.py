@@ -82,6 +82,7 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
             joined = _seed_group_of(lab, code_key)
             if joined is not None:
                 rerun_of, rerun_kind = joined, "seed"
+    # a rerun's parent is the run it reruns (its diff: SEED alone); a new change's parent is the best
     best = lab.store.best_experiment()
     config = {"command": cfg.command, "time_budget_s": budget, "workspace": cfg.model_dump(mode="json")}
     if code_key is not None:
@@ -97,7 +98,7 @@ def submit(lab: Lab, *, description: str, hypothesis: str | None = None, time_bu
     extra = {"rerun_of": rerun_of, "rerun_kind": rerun_kind} if rerun_of is not None else {}
     exp_id = lab.store.insert_experiment(
         status="queued", description=description, hypothesis=hypothesis, time_budget_s=budget,
-        parent_id=best["id"] if best else None, config_json=json.dumps(config, default=str),
+        parent_id=rerun_of if rerun_of is not None else best["id"] if best else None, config_json=json.dumps(config, default=str),
         params_json=json.dumps(params), snapshot_commit=commit, run_dir_of=lambda i: str(lab.run_dir(i)), **extra)
     lab.workspace.set_experiment_ref(exp_id, commit)
     search.index_diffs(lab)  # the search index is kept on write (issue 16)
@@ -501,6 +502,8 @@ def record(lab: Lab, exp_id: int, *, status: str, error: str | None = None, metr
         std = number(metrics.get("objective_std"))
         if std is None and isinstance(metrics.get("objective_name"), str):
             std = number(metrics.get(metrics["objective_name"][:100] + "_std"))
+        if isinstance(metrics.get("folds"), list) and len(metrics["folds"]) < 2:
+            std = None  # one pool measures no spread: the noise is unknown, not 0.0
         fields["objective"], fields["objective_std"] = objective, std
         if "peak_memory_gb" not in fields and (mem := number(metrics.get("peak_memory_gb"))) is not None:
             fields["peak_memory_gb"] = mem

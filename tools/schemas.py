@@ -41,6 +41,12 @@ RevertTarget = Annotated[Annotated[int, Field(ge=1, le=10**9)] | Literal["best",
                                            "edits the last revert saved")]
 
 
+def sig(x: float | None, digits: int = 4) -> float | None:
+    """A number as an agent reads it: `digits` significant digits (the store keeps full precision).
+    Objectives get 6 (a gain of 1e-5 on 0.2 stays visible), spreads, deltas and losses 4."""
+    return None if x is None else float(f"{x:.{digits}g}")
+
+
 class RunSummary(BaseModel):
     id: int
     status: str
@@ -107,8 +113,8 @@ class ExperimentDetail(BaseModel):
     config: dict[str, Any]
     metrics: dict[str, float]
     fold_metrics: list[dict[str, float]]
-    loss_curve: list[list[float]] = Field(description="[step, loss] pairs, thinned to at most 50")
-    diff: str = Field(description="the editable files' diff against the parent (best at submit time)")
+    loss_curve: list[list[int | float | None]] = Field(description="[step, loss] pairs, thinned to at most 50, the first and last step kept; loss null where it was NaN/inf")
+    diff: str = Field(description="the editable files' diff against the parent (the best at submit time; a rerun: the run it reruns)")
     log_tail: str
     stopped: str | None = None
     error: str | None

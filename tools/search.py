@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 
 from tools.errors import ToolError
 from tools.lab import Lab
-from tools.schemas import Status, validate
+from tools.schemas import Status, sig, validate
 
 WEIGHTS = (4.0, 2.0, 2.0, 1.0, 0.0)  # bm25 weight per column (the last is notes_max_id, unindexed)
 MAX_TERMS = 12
@@ -110,7 +110,7 @@ def search_experiments(lab: Lab, query: str, status: str | None = None, verdict:
         total = lab.store.search_count(fts_query, status, verdict)
     rows = lab.store.search(fts_query, status, verdict, limit, WEIGHTS)
     where = lab.store.search_matched_columns(fts_query, [r[0] for r in rows])
-    hits = [SearchHit(id=r[0], status=r[1], verdict=r[2], objective=r[3], delta=r[4], kept=bool(r[5]),
+    hits = [SearchHit(id=r[0], status=r[1], verdict=r[2], objective=sig(r[3], 6), delta=sig(r[4]), kept=bool(r[5]),
                       description=_clip(r[6], 120), matched_in=where.get(r[0], []),
                       snippet=_clip(" ".join(r[7].split()), 240)) for r in rows]
     return SearchPage(query=fts_query, mode=mode, total=total, hits=hits,

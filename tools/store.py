@@ -32,7 +32,7 @@ MIGRATIONS: list[str] = [
         description TEXT NOT NULL,
         hypothesis TEXT,
         snapshot_commit TEXT,
-        parent_id INTEGER REFERENCES experiments(id),  -- the best experiment when it was submitted
+        parent_id INTEGER REFERENCES experiments(id),  -- the best when submitted (a rerun: the run it reruns)
         best_id_at_verdict INTEGER REFERENCES experiments(id),
         config_json TEXT NOT NULL DEFAULT '{}',
         params_json TEXT NOT NULL DEFAULT '{}',
@@ -202,6 +202,13 @@ MIGRATIONS: list[str] = [
                                    notes_max_id = new.id
             WHERE rowid = new.experiment_id;
     END;
+    """,
+    # 6 (issue 28): a rerun's parent is the run it reruns (it was the best at submit, so its diff showed
+    # the best's change reversed and search found it by that change); their diffs are indexed again.
+    """
+    UPDATE experiments SET parent_id = rerun_of WHERE rerun_of IS NOT NULL AND parent_id IS NOT rerun_of;
+    INSERT OR IGNORE INTO search_pending SELECT id FROM experiments WHERE rerun_of IS NOT NULL
+        AND snapshot_commit IS NOT NULL;
     """,
 ]
 

@@ -40,6 +40,14 @@ class Verdict:
     reason: str
 
 
+NO_NOISE = "no noise estimate"
+
+
+def noise_unknown(reason: str | None) -> bool:
+    """Whether a verdict was reached with no spread measured at all (judge's rule says so)."""
+    return bool(reason) and NO_NOISE in reason
+
+
 def judge(*, objective: float, std: float | None, best: dict | None, direction: str, sigmas: float) -> Verdict:
     if best is None or best.get("objective") is None:
         return Verdict("baseline", None, 0.0, True, "first successful run: it is the baseline")
@@ -50,7 +58,7 @@ def judge(*, objective: float, std: float | None, best: dict | None, direction: 
     rule = (f"improved needs a gain > {sigmas:g} sigma = {margin:.4g} "
             f"(sigma = sqrt(std_run^2 + std_best^2) = {noise:.4g}); gain = {gain:.4g}")
     if noise == 0.0:
-        rule = f"no noise estimate (one fold, one seed, no reruns): gain = {gain:.4g} cannot be told from noise"
+        rule = f"{NO_NOISE} (one fold, one seed, no reruns): gain = {gain:.4g} cannot be told from noise"
         if gain > 0:
             return Verdict("inconclusive", delta, margin, False,
                            rule + f". Fix: rerun_experiment({best.get('id', '<best id>')}, seeds=2) measures the best's "

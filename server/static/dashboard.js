@@ -80,9 +80,14 @@ function curveSvg(points, label) {
   const x0 = Math.min(...xs), x1 = Math.max(...xs), y0 = Math.min(...ys), y1 = Math.max(...ys);
   const sx = (x) => L + (x - x0) / ((x1 - x0) || 1) * (W - L - R), sy = (y) => T + (1 - (y - y0) / ((y1 - y0) || 1)) * (H - T - B);
   const axis = document.createElementNS(NS, "path"); axis.setAttribute("d", `M${L},${T} V${H - B} H${W - R}`); axis.setAttribute("stroke", "#d0d5dd"); axis.setAttribute("fill", "none"); svg.appendChild(axis);
-  const line = document.createElementNS(NS, "polyline");
-  line.setAttribute("points", pts.map((p) => sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" "));
-  line.setAttribute("fill", "none"); line.setAttribute("stroke", "#1f5fbf"); line.setAttribute("stroke-width", "1.5"); svg.appendChild(line);
+  // a NaN/inf loss arrives as null: the line breaks there (a gap), it never drops to 0
+  const segments = [[]];
+  for (const p of points) { if (Number.isFinite(p[1])) segments[segments.length - 1].push(p); else if (segments[segments.length - 1].length) segments.push([]); }
+  for (const seg of segments.filter((s) => s.length)) {
+    const line = document.createElementNS(NS, "polyline");
+    line.setAttribute("points", seg.map((p) => sx(p[0]).toFixed(1) + "," + sy(p[1]).toFixed(1)).join(" "));
+    line.setAttribute("fill", "none"); line.setAttribute("stroke", "#1f5fbf"); line.setAttribute("stroke-width", "1.5"); svg.appendChild(line);
+  }
   text(L - 4, T + 8, num(y1), "end"); text(L - 4, H - B, num(y0), "end");
   text(L, H - 8, "step " + x0); text(W - R, H - 8, "step " + x1, "end"); text(W / 2, H - 8, "training loss", "middle");
   return svg;
