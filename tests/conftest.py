@@ -68,3 +68,21 @@ def missing_external(why: str, fix: str) -> None:
     if os.environ.get("AUTORESEARCH_REQUIRE_EXTERNAL") == "1":
         pytest.fail(f"{why} (AUTORESEARCH_REQUIRE_EXTERNAL=1). Fix: {fix}")
     pytest.skip(f"{why}. Enable with: {fix}")
+
+
+def edit_train(lab, old: str, new: str) -> None:
+    """Replace `old` (which must be there) by `new` once in the workspace's train.py."""
+    train = lab.root / "train.py"
+    text = train.read_text()
+    assert old in text, old
+    train.write_text(text.replace(old, new, 1))
+
+
+def set_toml(lab, old: str, new: str) -> None:
+    """Replace `old` by `new` once in autoresearch.toml and reload the lab's config."""
+    import tomllib
+    toml = lab.root / "autoresearch.toml"
+    text = toml.read_text()
+    assert old in text, old
+    toml.write_text(text.replace(old, new, 1))
+    lab.config = type(lab.config).model_validate(tomllib.loads(toml.read_text()))

@@ -8,11 +8,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import tomllib
 
 import pytest
 
-from tests.conftest import wait_until
+from conftest import edit_train, set_toml, wait_until
+
 from tools import experiments as ex
 from tools import runs
 from tools.errors import ToolError
@@ -21,19 +21,7 @@ from tools.verdict import stop_note
 LONG = 240.0  # generous deadlines: the machine is slow and shared
 
 
-def _edit(lab, old, new):
-    train = lab.root / "train.py"
-    text = train.read_text()
-    assert old in text, old
-    train.write_text(text.replace(old, new, 1))
-
-
-def _set_toml(lab, old, new):
-    toml = lab.root / "autoresearch.toml"
-    text = toml.read_text()
-    assert old in text, old
-    toml.write_text(text.replace(old, new, 1))
-    lab.config = type(lab.config).model_validate(tomllib.loads(toml.read_text()))
+_edit, _set_toml = edit_train, set_toml
 
 
 def _run(lab, description, **kw):

@@ -4,24 +4,13 @@ group falls inside the noise stops being best."""
 
 import json
 
+from conftest import edit_train, set_toml
 from tools import experiments as ex
 from tools import plots, reproduce, reruns
 from tools.history import best_trajectory
 
 
-def _edit(lab, old, new):
-    train = lab.root / "train.py"
-    text = train.read_text()
-    assert old in text, old
-    train.write_text(text.replace(old, new, 1))
-
-
-def _set_toml(lab, old, new):
-    toml = lab.root / "autoresearch.toml"
-    text = toml.read_text()
-    assert old in text, old
-    toml.write_text(text.replace(old, new, 1))
-    lab.config = type(lab.config).model_validate(__import__("tomllib").loads(toml.read_text()))
+_edit, _set_toml = edit_train, set_toml
 
 
 def test_a_run_stopped_by_time_is_incomparable_and_says_so_everywhere(lab):
