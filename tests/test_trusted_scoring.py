@@ -96,7 +96,7 @@ def test_random_embeddings_score_like_chance(eclip_lab):
     finally:
         train.write_bytes(original)
     assert r.status == "succeeded", r.error
-    detail = ex.show_experiment(lab, r.id)
+    detail = ex.show_experiment(lab, r.id, detail="full")
     random_mr = detail.metrics["random_mean_rank"]
     assert 0.8 * random_mr < r.objective < 1.2 * random_mr, (r.objective, random_mr)
     assert json.loads(json.dumps(detail.config))["run"]["objective_name"] == "mean_rank"
