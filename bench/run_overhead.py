@@ -134,7 +134,7 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ar-overhead-"))
     ws = init_workspace(tmp / "lab", preset=a.preset, time_budget_s=60 if a.preset == "toy" else None)
     lab = Lab.open(ws)
-    folds = lab.config.processes if lab.config.scorer == "eclip" else lab.config.folds
+    folds = lab.config.run_folds
     ex.run_experiment(lab, "warm-up (caches, first supervisor)")
     times: dict[str, list[float]] = {p: [] for p in paths}
     ph: dict[str, list[dict]] = {p: [] for p in paths if p not in ("bare", "bare+score")}

@@ -28,6 +28,7 @@ from PIL import Image
 
 from .odvg import DatasetLayout, ODVGError, Record, read_odvg, resolve_dataset
 from .synthprints import SynthConfig, ensure_dataset
+from .pools import make_pools
 
 CACHE_VERSION = 1
 FOLD_SEED = 42          # the seed's fold shuffle seed; fixed so every run sees the same folds
@@ -315,12 +316,7 @@ def make_folds(data: PairData, k: int, seed: int = FOLD_SEED) -> list[tuple[torc
         if len(va) == 0:
             raise ValueError("the dataset has no val records for the 1-fold split")
         return [(tr, va)]
-    n = len(data)
-    group = torch.where(data.twin >= 0, torch.minimum(torch.arange(n), data.twin), torch.arange(n)).numpy()
-    groups = np.unique(group)
-    order = np.random.default_rng(seed).permutation(groups)
-    fold_of_group = {g: i % k for i, g in enumerate(order)}
-    fold = np.array([fold_of_group[g] for g in group])
+    fold = make_pools(data.twin.numpy(), np.arange(len(data)), k, seed)  # twin groups dealt round-robin
     out = []
     for f in range(k):
         va = torch.from_numpy(np.nonzero(fold == f)[0])

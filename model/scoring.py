@@ -39,6 +39,8 @@ import stat
 
 import numpy as np
 
+from .pools import twin_within
+
 DIRECTION_KEYS = ("mean_rank", "median_rank", "r1", "r5", "r10")
 IMAGE_FILE = "image_embeddings.npy"
 TEXT_FILE = "text_embeddings.npy"
@@ -254,10 +256,7 @@ def score_fold(output_dir, key_path) -> list[dict]:
     out = []
     for p in np.unique(key["pool"]):
         rows = np.nonzero(key["pool"] == p)[0]
-        pos = np.full(n, -1, np.int64)
-        pos[rows] = np.arange(len(rows))
-        t = key["twin"][rows]
-        twin = np.where(t >= 0, pos[np.maximum(t, 0)], -1)
+        twin = twin_within(key["twin"], rows)
         m = retrieval_metrics(img_c[rows], txt_c[rows], twin if (twin >= 0).any() else None)
         out.append({"pool": int(p), **m})
     return out

@@ -63,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .pools import make_pools, twin_within
 from .presets import CACHE_SIZE_BOUNDS
 
 FORMAT = 2
@@ -70,7 +71,6 @@ MAX_FOLDS = 20
 SPLITS = ("val", "test")
 PROTOCOLS = ("split", "kfold-pooled")
 LEAKY_PROTOCOLS = ("kfold-pooled",)
-POOL_SEED = 42          # fixed: every run is scored on the same pools (only the row orders are fresh)
 TRAIN_FILES = ("train_images.npy", "train_tokens.npy", "train_boxes.npy", "train_box_valid.npy",
                "train_phrase_tokens.npy", "train_twin.npy")
 POOL_FILES = ("eval_images.npy", "eval_tokens.npy", "eval_twin.npy", "eval_pool.npy")
@@ -136,26 +136,6 @@ def _save(path: Path, arr, mode: int = 0o644) -> None:
     os.chmod(path, mode)
 
 
-def _twin_within(twin: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """For each row of the set `rows`, the position of its twin inside the set, or -1."""
-    pos = np.full(len(twin), -1, np.int64)
-    pos[rows] = np.arange(len(rows))
-    t = twin[rows]
-    return np.where(t >= 0, pos[np.maximum(t, 0)], -1).astype(np.int64)
-
-
-def make_pools(twin: np.ndarray, rows: np.ndarray, k: int, seed: int = POOL_SEED) -> np.ndarray:
-    """The pool (0..k-1) of each of `rows`: twin groups shuffled with a fixed seed and dealt round-robin,
-    so pools differ in size by at most one group and a twin pair never straddles two pools."""
-    rows = np.asarray(rows, np.int64)
-    inside = _twin_within(np.asarray(twin, np.int64), rows)
-    group = np.where(inside >= 0, np.minimum(np.arange(len(rows)), inside), np.arange(len(rows)))
-    groups = np.unique(group)
-    order = np.random.default_rng(seed).permutation(groups)
-    pool_of_group = {int(g): i % k for i, g in enumerate(order)}
-    return np.array([pool_of_group[int(g)] for g in group], np.int64)
-
-
 def _write_fold(fold_dir: Path, train, train_rows: np.ndarray, pool_data, pool_rows: np.ndarray,
                 pool_ids: np.ndarray) -> None:
     fold_dir.mkdir(parents=True)
@@ -165,13 +145,13 @@ def _write_fold(fold_dir: Path, train, train_rows: np.ndarray, pool_data, pool_r
     _save(fold_dir / "train_boxes.npy", train.boxes.numpy()[tr])
     _save(fold_dir / "train_box_valid.npy", train.box_valid.numpy()[tr])
     _save(fold_dir / "train_phrase_tokens.npy", train.phrase_tokens.numpy()[tr])
-    _save(fold_dir / "train_twin.npy", _twin_within(train.twin.numpy(), tr))
+    _save(fold_dir / "train_twin.npy", twin_within(train.twin.numpy(), tr))
     # the canonical eval set, grouped by pool: paired, so never mounted anywhere
     order = np.argsort(pool_ids, kind="stable")
     rows, ids = pool_rows[order], pool_ids[order]
     pdir = fold_dir / "pool"
     pdir.mkdir(mode=0o700)
-    twin = _twin_within(pool_data.twin.numpy(), rows)
+    twin = twin_within(pool_data.twin.numpy(), rows)
     twin = np.where((twin >= 0) & (ids[np.maximum(twin, 0)] == ids), twin, -1)  # a twin counts inside its pool
     _save(pdir / "eval_images.npy", pool_data.images.numpy()[rows], 0o600)
     _save(pdir / "eval_tokens.npy", pool_data.tokens.numpy()[rows].astype(np.int64), 0o600)

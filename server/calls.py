@@ -262,8 +262,7 @@ def _observe(lab: Lab, exp_id: int) -> tuple[RunSummary, float, float, str]:
     exp = lab.experiment(exp_id)
     cfg = lab.config
     eclip = cfg.scorer == "eclip"
-    procs = cfg.processes if eclip else 1
-    bound = float(exp["time_budget_s"] or cfg.time_budget_s) + procs * cfg.timeout_grace_s + \
+    bound = float(exp["time_budget_s"] or cfg.time_budget_s) + cfg.processes * cfg.timeout_grace_s + \
         (0.0 if eclip else cfg.scorer_timeout_s)
     started = exp["started_at"]
     if s.status == "queued" or not started:

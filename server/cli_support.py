@@ -116,7 +116,7 @@ def run_view(lab: Lab, exp_id: int):
     if s.status == "running":
         run_dir = lab.run_dir(exp_id)
         p = latest_progress(run_dir)
-        folds = lab.config.processes if lab.config.scorer == "eclip" else lab.config.folds  # the toy loops its folds
+        folds = lab.config.run_folds
         total = step_budget(row, folds)
         if p.fold is not None:  # one process per fold: each counts its own steps from 0
             v.fold, v.folds = p.fold, folds

@@ -163,8 +163,14 @@ class WorkspaceConfig(BaseModel):
 
     @property
     def processes(self) -> int:
-        """Sandboxed training processes per eCLIP run: one, but one per fold under kfold-pooled."""
-        return self.folds if self.protocol == "kfold-pooled" else 1
+        """Sandboxed training processes per run: one per fold under kfold-pooled (eCLIP), else one."""
+        return self.folds if (self.protocol == "kfold-pooled" and self.scorer == "eclip") else 1
+
+    @property
+    def run_folds(self) -> int:
+        """The folds one run trains, one after the other: its processes (eCLIP), or the folds a workspace
+        command loops over by itself (the toy)."""
+        return self.processes if self.scorer == "eclip" else self.folds
 
     @property
     def leaky(self) -> bool:

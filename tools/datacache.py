@@ -86,10 +86,13 @@ def keys_root(lab: Lab) -> Path:
     return lab.state_dir / KEYS_SUBDIR
 
 
+def _protocol(lab: Lab, split: str) -> tuple[str, int]:
+    """(protocol, k) of a build: the workspace's for the val split; the test split is one pool."""
+    return (lab.config.protocol, lab.config.folds) if split == "val" else ("split", 1)
+
+
 def _build_dir(lab: Lab, sizes: tuple[int, int], split: str, sig: dict) -> Path:
-    cfg = lab.config
-    folds = cfg.folds if split == "val" else 1
-    protocol = cfg.protocol if split == "val" else "split"
+    protocol, folds = _protocol(lab, split)
     digest = hashlib.sha256(json.dumps(sig, sort_keys=True).encode()).hexdigest()[:12]
     return tasks_root(lab) / f"{split}-{sizes[0]}px-tok{sizes[1]}-{protocol}{folds}-{digest}"
 
@@ -157,8 +160,7 @@ def ensure_tasks(lab: Lab, sizes: tuple[int, int], *, split: str, log_path: Path
     sig = _task_signature(lab, split)
     if sig is None:
         return None, f"no dataset layout under {data}"
-    folds = lab.config.folds if split == "val" else 1
-    protocol = lab.config.protocol if split == "val" else "split"
+    protocol, folds = _protocol(lab, split)
     out = _build_dir(lab, sizes, split, sig)
     what = f"{sizes[0]} px, context {sizes[1]}, {protocol} protocol, k = {folds}, {split}"
     if read_manifest(out) is not None:

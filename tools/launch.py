@@ -12,7 +12,7 @@ from sandbox import Limits, SandboxPolicy, launch
 
 from tools.config import gpu_slots, threads_per_run
 from tools.datacache import cache_dir, keys_root, tasks_root
-from tools.guard import TEST_RUNS, hidden_for_agent_runs
+from tools.guard import TEST_RUNS, hidden_for_agent_runs, under
 from tools.lab import Lab, harness_dir
 
 BACKEND_FLOOR = {"auto": "none", "none": "none", "landlock": "landlock", "bwrap": "bwrap", "strict": "bwrap"}
@@ -35,7 +35,7 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     cfg = lab.config
     budget = float(budget_s if budget_s is not None else (exp["time_budget_s"] or cfg.time_budget_s))
     env = {"AR_RUN_DIR": str(run_dir), "AR_TIME_BUDGET_S": f"{budget:g}", "AR_EXPERIMENT_ID": str(exp["id"]),
-           "AR_NUM_FOLDS": str(cfg.processes if cfg.scorer == "eclip" else cfg.folds), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+           "AR_NUM_FOLDS": str(cfg.run_folds), "PYTHONUNBUFFERED": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     threads = str(threads_per_run(cfg))  # explicit: oversubscribed threads are the slowest thing on a busy box
     env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, OPENBLAS_NUM_THREADS=threads, AR_THREADS=threads)
     read_only = [code_dir]
@@ -69,11 +69,11 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     # only what is granted beneath them (its run dir, its snapshot, its own task folder, the paths a
     # human listed), never other runs, other folds, builds, keys, the DB, optuna.db or the token.
     grants = [run_dir, *read_only]
-    masked = [m for m in (lab.root, lab.state_dir) if m.is_dir() and not any(_under(m, g) for g in grants)]
+    masked = [m for m in (lab.root, lab.state_dir) if m.is_dir() and not any(under(str(m), g) for g in grants)]
     secrets = [lab.root / ".git", lab.store.path, Path(str(lab.store.path) + "-wal"),
                Path(str(lab.store.path) + "-shm"), tasks_root(lab), keys_root(lab)]
-    hidden += [p for p in secrets if not any(_under(p, m) for m in masked)]  # a human granted a folder above
-    hidden = [h for h in hidden if not any(_under(h, m) for m in masked) or any(_under(h, g) for g in grants)]
+    hidden += [p for p in secrets if not any(under(str(p), m) for m in masked)]  # a human granted a folder above
+    hidden = [h for h in hidden if not any(under(str(h), m) for m in masked) or any(under(str(h), g) for g in grants)]
     limits = Limits(wall_seconds=budget + cfg.timeout_grace_s, max_processes=cfg.max_processes,
                     memory_bytes=int(cfg.memory_limit_gb * 2**30) if cfg.memory_limit_gb else None)
     gpus = gpu_slots(cfg)
@@ -85,10 +85,6 @@ def sandbox_policy(lab: Lab, exp: dict, run_dir: Path, code_dir: Path, slot: int
     return SandboxPolicy(argv=argv or lab.command_argv(), cwd=code_dir, run_dir=run_dir, read_only=read_only,
                          hidden=[h for h in hidden if h.exists()], masked=masked, env=env, network=cfg.network,
                          limits=limits, gpu=gpu, min_backend=BACKEND_FLOOR[cfg.sandbox])
-
-
-def _under(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
 
 
 def launch_sandboxed(lab: Lab, policy: SandboxPolicy):

@@ -194,7 +194,7 @@ def loss_curves_png(lab: Lab) -> bytes:
                     label=f"#{r['id']} {role} ({state}{obj}): {(r['description'] or '')[:60]}")
             drawn += 1
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("step" + (" (folds one after the other)" if lab.config.processes > 1 else ""))
+        ax.set_xlabel("step" + (" (folds one after the other)" if lab.config.run_folds > 1 else ""))
         ax.set_ylabel("training loss")
         ax.set_title(f"{lab.config.name}: loss curves of the best and the latest runs", loc="left", fontsize=11)
         ax.grid(alpha=0.25)

@@ -179,10 +179,10 @@ def _seed_group_of(lab: Lab, code_key: str) -> int | None:
     """The root of the seed group whose code equals this key's but for SEED (an identical snapshot, SEED
     included, is not a new seed: it stays its own experiment); None when there is none."""
     code, _, seed = code_key.rpartition(":")
-    for row in lab.store.code_key_rows(code + ":"):
-        if row["code_key"] == code_key:
-            return None
-    for row in lab.store.code_key_rows(code + ":"):
+    rows = lab.store.code_key_rows(code + ":")
+    if any(row["code_key"] == code_key for row in rows):
+        return None
+    for row in rows:
         if row["rerun_kind"] == "reproduce":
             continue
         return row["rerun_of"] if row["rerun_kind"] == "seed" and row["rerun_of"] else row["id"]
@@ -458,11 +458,9 @@ def claims_contradiction(lab: Lab, facts: dict, harness: dict) -> str | None:
     said = f"the run claims steps {steps}/{max_steps}, stopped by {stopped_by or '?'}"
     if steps is not None and max_steps is not None and steps > max_steps:
         return f"{said}: more steps than its own step budget"
-    processes = cfg.processes if cfg.scorer == "eclip" else 1
-    per = cfg.folds if cfg.scorer != "eclip" else 1  # a command run reports all folds together
-    if cfg.step_budget and max_steps is not None and max_steps > cfg.step_budget * processes * per:
+    if cfg.step_budget and max_steps is not None and max_steps > cfg.step_budget * cfg.run_folds:
         return (f"{said}: a step budget above the workspace's step_budget = {cfg.step_budget} per fold "
-                f"({cfg.step_budget * processes * per} in all)")
+                f"({cfg.step_budget * cfg.run_folds} in all)")
     finished = stopped_by == "steps" or (steps is not None and max_steps is not None and steps >= max_steps)
     secs, budget = harness.get("run_seconds"), harness.get("budget_s")
     if finished and secs is not None and budget and secs >= budget:
@@ -702,8 +700,7 @@ def job_time_limit_s(lab: Lab, exp: dict) -> float:
     plus the [slurm] margin (task builds, interpreter start, the node's file system)."""
     cfg = lab.config
     budget = float(exp["time_budget_s"] or cfg.time_budget_s)
-    processes = cfg.processes if cfg.scorer == "eclip" else 1
-    total = budget + processes * cfg.timeout_grace_s
+    total = budget + cfg.processes * cfg.timeout_grace_s
     if cfg.scorer != "eclip":
         total += cfg.scorer_timeout_s + cfg.timeout_grace_s
     return total + cfg.jobs.time_margin_s
